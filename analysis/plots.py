@@ -1,0 +1,43 @@
+"""Figures shared by the training callbacks and the analysis commands."""
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def show_matrix(ax, matrix: np.ndarray, title: str, vmin: float = 0.0, vmax: float = 1.0) -> None:
+    image = ax.imshow(matrix, vmin=vmin, vmax=vmax, cmap="viridis", interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+
+
+def unit_figures(corr: np.ndarray, directions: np.ndarray, firing_frequency: np.ndarray) -> dict:
+    """The three per-run figures: |Corr| of the code, cosines of the feature directions, firing histogram."""
+    unit = directions / np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)
+    figures = {}
+    figures["abs_corr"], ax = plt.subplots(figsize=(4.2, 3.6))
+    show_matrix(ax, np.abs(corr), "|Corr(a)| (validation)")
+    figures["weight_cosine"], ax = plt.subplots(figsize=(4.2, 3.6))
+    show_matrix(ax, np.abs(unit @ unit.T), "|cos| between feature directions")
+    figures["firing_frequency"], ax = plt.subplots(figsize=(4.2, 3.2))
+    ax.hist(firing_frequency, bins=np.linspace(0, 1, 41), color="tab:blue")
+    ax.set_xlabel("fraction of validation examples with a_j > 0")
+    ax.set_ylabel("units")
+    for figure in figures.values():
+        figure.tight_layout()
+    return figures
+
+
+def save_figure(figure, stem: Path) -> list[Path]:
+    """Write ``stem.pdf`` and ``stem.png``; return both paths."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".pdf"), stem.with_suffix(".png")]
+    for path in paths:
+        figure.savefig(path, dpi=150, bbox_inches="tight")
+    plt.close(figure)
+    return paths

@@ -1,0 +1,39 @@
+"""The run's final metrics as plain JSON, rewritten after every validation so that a run that dies
+keeps what it had measured, with a status saying how it ended."""
+import json
+import math
+import os
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Atomic write: a reader never sees half a file, even if the process is killed mid-write."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+class MetricsFile(pl.Callback):
+    def __init__(self, path: str):
+        self.path = Path(path)
+        self.extra: dict = {}  # values measured outside the trainer (calibration, fidelity)
+
+    def write(self, trainer, status: str) -> None:
+        if trainer.global_rank != 0:
+            return
+        metrics = {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
+        metrics = {name: value if math.isfinite(value) else str(value) for name, value in metrics.items()}
+        write_json(self.path, {"status": status, "epoch": trainer.current_epoch,
+                               "global_step": trainer.global_step, **metrics, **self.extra})
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.write(trainer, "running")
+
+    def on_fit_end(self, trainer, pl_module):
+        self.write(trainer, "finished")
+
+    def on_exception(self, trainer, pl_module, exception):
+        self.write(trainer, f"failed: {exception}")

@@ -1,0 +1,59 @@
+"""Dead units, redundancy, responsibilities and feature usage on the validation set, logged at the
+end of each validation epoch; per-run figures and arrays at the end of fit."""
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import WandbLogger
+
+from analysis.plots import save_figure, unit_figures
+from callbacks.unit_statistics import UnitStatistics
+
+
+class UnitMetrics(pl.Callback):
+    def __init__(self, output_dir: str, figures: bool = True):
+        self.output_dir = Path(output_dir)
+        self.figures = figures
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def setup(self, trainer, pl_module, stage):
+        self.stats = UnitStatistics(pl_module.feature_directions().shape[0]).to(pl_module.device)
+
+    @torch.no_grad()
+    def on_fit_start(self, trainer, pl_module):
+        self.stats.to(pl_module.device)
+        for x, *_ in trainer.datamodule.val_dataloader():
+            self.stats.update(*pl_module.encode(x.to(pl_module.device)))
+        self.dead_at_init = float(self.stats.compute()["dead_units"])
+        self.stats.reset()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if not trainer.sanity_checking:
+            self.stats.update(outputs["z"], outputs["a"])
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        values = self.stats.compute()
+        self.stats.reset()
+        self.arrays = {name: values.pop(name).cpu().numpy() for name in ("corr", "firing_frequency")}
+        scalars = {name: float(value) for name, value in values.items()}
+        scalars["dead_at_init"] = self.dead_at_init
+        scalars["weight_norm"] = float(pl_module.feature_directions().detach().norm())
+        scalars["params"] = float(sum(p.numel() for p in pl_module.parameters() if p.requires_grad))
+        pl_module.log_dict(scalars)
+
+    def on_fit_end(self, trainer, pl_module):
+        if not self.arrays or trainer.global_rank != 0:
+            return
+        directions = pl_module.feature_directions().detach().cpu().numpy()
+        np.savez(self.output_dir / "unit_stats.npz", directions=directions, **self.arrays)
+        if not self.figures:
+            return
+        figures = unit_figures(self.arrays["corr"], directions, self.arrays["firing_frequency"])
+        for name, figure in figures.items():
+            png = save_figure(figure, self.output_dir / "figures" / name)[1]
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    logger.log_image(key=f"figures/{name}", images=[str(png)])

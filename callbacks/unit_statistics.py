@@ -1,0 +1,66 @@
+"""Per-unit statistics of a code ``a`` (and its pre-activation ``z``) accumulated over a dataset,
+as a torchmetrics Metric so the sums reduce across devices. Everything is a sum of per-batch terms;
+the correlation matrix comes from the summed outer products at ``compute`` time, in float64."""
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from lightning_modules.losses import lse_and_responsibilities
+
+
+class UnitStatistics(Metric):
+    full_state_update = False
+
+    def __init__(self, n_units: int, active_threshold: float = 0.01, low_variance: float = 0.01):
+        super().__init__()
+        self.active_threshold, self.low_variance = active_threshold, low_variance
+        vector, matrix = torch.zeros(n_units, dtype=torch.float64), torch.zeros(n_units, n_units, dtype=torch.float64)
+        scalar = torch.zeros((), dtype=torch.float64)
+        for name, default in [("count", scalar), ("sum_a", vector), ("sum_outer", matrix), ("fired", vector),
+                              ("active", scalar), ("active_eps", scalar), ("resp_entropy", scalar),
+                              ("max_resp", scalar), ("sum_resp", vector), ("blocked_resp", scalar)]:
+            self.add_state(name, default=default.clone(), dist_reduce_fx="sum")
+
+    def update(self, z: Tensor, a: Tensor) -> None:
+        a = a.detach().double()
+        _, resp = lse_and_responsibilities(a)
+        self.count += len(a)
+        self.sum_a += a.sum(dim=0)
+        self.sum_outer += a.T @ a
+        self.fired += (a > 0).sum(dim=0)
+        self.active += (a > 0).sum()
+        self.active_eps += (a > self.active_threshold).sum()
+        self.resp_entropy += torch.special.entr(resp).sum()
+        self.max_resp += resp.max(dim=-1).values.sum()
+        self.sum_resp += resp.sum(dim=0)
+        self.blocked_resp += (resp * (z.detach() <= 0)).sum()
+
+    def compute(self) -> dict[str, Tensor]:
+        n = self.count
+        mean = self.sum_a / n
+        cov = (self.sum_outer - n * torch.outer(mean, mean)) / (n - 1)
+        var = torch.diagonal(cov).clamp_min(0)
+        alive = self.fired > 0
+        corr = torch.zeros_like(cov)
+        has_var = var > 0
+        corr[has_var[:, None] & has_var[None, :]] = (
+            cov / torch.sqrt(torch.outer(var, var)).clamp_min(1e-30))[has_var[:, None] & has_var[None, :]]
+        alive_corr = corr[alive][:, alive]
+        k_alive = int(alive.sum())
+        redundancy = (alive_corr**2).sum() - (torch.diagonal(alive_corr) ** 2).sum()
+        mean_resp = self.sum_resp / n
+        return {
+            "dead_units": (~alive).sum(),
+            "dead_fraction": (~alive).double().mean(),
+            "low_variance_units": (var < self.low_variance).sum(),
+            "redundancy": redundancy,
+            "redundancy_norm": redundancy / max(k_alive * (k_alive - 1), 1),
+            "resp_entropy": self.resp_entropy / n,
+            "max_resp": self.max_resp / n,
+            "effective_components": torch.exp(torch.special.entr(mean_resp).sum()),
+            "l0": self.active / n,
+            "l0_eps": self.active_eps / n,
+            "blocked_resp_mass": self.blocked_resp / n,
+            "corr": corr,
+            "firing_frequency": self.fired / n,
+        }

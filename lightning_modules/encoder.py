@@ -1,0 +1,49 @@
+"""The decoder-free encoder: z = Wx + b, a = act(z), trained by the registry's terms alone."""
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_modules.base import SparseCoder
+from lightning_modules.losses import CompositeLoss
+
+ACTIVATIONS = {"relu": F.relu, "softplus": F.softplus, "identity": lambda z: z}
+
+
+class DecoderFreeEncoder(SparseCoder):
+    provides = frozenset({"x", "z", "a"})
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_dim: int,
+        loss: CompositeLoss,
+        activation: str = "relu",
+        lr: float = 1e-3,
+        unit_norm_rows: bool = False,
+    ):
+        if hidden_dim <= 0 or input_dim <= 0:
+            raise ValueError(f"model.hidden_dim and input_dim must be > 0, got {hidden_dim}, {input_dim}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown model.activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
+        super().__init__(loss, lr)
+        self.save_hyperparameters(ignore=["loss"])
+        self.linear = nn.Linear(input_dim, hidden_dim)
+        self.activation = ACTIVATIONS[activation]
+        self.unit_norm_rows = unit_norm_rows
+        self.normalize_weights()
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        z = self.linear(x)
+        return z, self.activation(z)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        z, a = self.encode(x)
+        return {"x": x, "z": z, "a": a}
+
+    def feature_directions(self) -> Tensor:
+        return self.linear.weight
+
+    @torch.no_grad()
+    def normalize_weights(self) -> None:
+        if self.unit_norm_rows:
+            self.linear.weight /= self.linear.weight.norm(dim=1, keepdim=True).clamp_min(1e-12)

@@ -1,0 +1,111 @@
+"""One registry of named loss terms, shared by the decoder-free encoder and every SAE.
+
+A model's forward pass returns a dict of tensors (``x``, ``z``, ``a``, and ``x_hat`` when it has a
+decoder). A term reads the keys it declares and returns either one value per example (reduced over
+the batch by the composite's ``reduction``) or one value for the whole batch (batch statistics such
+as the variance and decorrelation terms, where a per-example reduction has no meaning).
+"""
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    fn: Callable[..., Tensor]
+    needs: frozenset[str]
+    per_example: bool
+    sparsity: bool  # scaled by the sparsity warm-up of the training schedule
+
+
+LOSS_TERMS: dict[str, LossTerm] = {}
+
+
+def register(name: str, needs: tuple[str, ...], per_example: bool = True, sparsity: bool = False):
+    def decorator(fn):
+        LOSS_TERMS[name] = LossTerm(fn, frozenset(needs), per_example, sparsity)
+        return fn
+
+    return decorator
+
+
+def lse_and_responsibilities(a: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-example ``-log sum_j exp(-a_j)`` and the responsibilities ``softmax(-a)``, its gradient."""
+    return -torch.logsumexp(-a, dim=-1), torch.softmax(-a, dim=-1)
+
+
+def batch_correlation(a: Tensor, eps: float) -> Tensor:
+    centred = a - a.mean(dim=0)
+    cov = centred.T @ centred / max(a.shape[0] - 1, 1)
+    std = torch.sqrt(torch.diagonal(cov) + eps)
+    return cov / (std[:, None] * std[None, :])
+
+
+@register("lse", needs=("a",))
+def lse(out: dict, eps: float, bounded_variance: bool) -> Tensor:
+    return lse_and_responsibilities(out["a"])[0]
+
+
+@register("variance", needs=("a",), per_example=False)
+def variance(out: dict, eps: float, bounded_variance: bool) -> Tensor:
+    var = out["a"].var(dim=0)
+    if bounded_variance:  # minimised at Var = 1 instead of rewarding unbounded growth
+        return (var - torch.log(var + eps)).sum()
+    return -torch.log(var + eps).sum()
+
+
+@register("decorrelation", needs=("a",), per_example=False)
+def decorrelation(out: dict, eps: float, bounded_variance: bool) -> Tensor:
+    corr = batch_correlation(out["a"], eps)
+    off_diagonal = corr - torch.diag_embed(torch.diagonal(corr))
+    return (off_diagonal**2).sum()
+
+
+class CompositeLoss:
+    """A weighted sum of registered terms. Every term is computed and reported, weight 0 included,
+    so that runs of an ablation can be compared on the terms they did not optimise."""
+
+    def __init__(
+        self,
+        weights: dict[str, float],
+        reduction: str = "sum",
+        eps: float = 1e-6,
+        bounded_variance: bool = False,
+    ):
+        unknown = sorted(set(weights) - set(LOSS_TERMS))
+        if unknown:
+            raise ValueError(f"unknown loss term(s) {unknown}; registered: {sorted(LOSS_TERMS)}")
+        negative = {name: w for name, w in weights.items() if w < 0}
+        if negative:
+            raise ValueError(f"loss weights must be >= 0, got {negative}")
+        if not any(w > 0 for w in weights.values()):
+            raise ValueError(f"at least one loss weight must be > 0, got {dict(weights)}")
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"loss.reduction must be 'sum' or 'mean', got {reduction!r}")
+        if eps <= 0:
+            raise ValueError(f"loss.eps must be > 0, got {eps}")
+        self.weights = {name: float(w) for name, w in weights.items()}
+        self.reduction = reduction
+        self.options = dict(eps=eps, bounded_variance=bounded_variance)
+
+    def check_outputs(self, provided: frozenset[str], model_name: str) -> None:
+        for name in self.weights:
+            missing = LOSS_TERMS[name].needs - provided
+            if missing:
+                raise ValueError(f"loss term '{name}' needs {sorted(missing)}, which {model_name} does not produce")
+
+    def __call__(self, out: dict, sparsity_scale: float = 1.0) -> dict[str, Tensor]:
+        values, total = {}, 0.0
+        for name, weight in self.weights.items():
+            term = LOSS_TERMS[name]
+            with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
+                value = term.fn(out, **self.options)
+                if term.per_example:
+                    value = value.sum() if self.reduction == "sum" else value.mean()
+            values[name] = value
+            if weight > 0:
+                total = total + weight * (sparsity_scale if term.sparsity else 1.0) * value
+        values["total"] = total
+        return values
