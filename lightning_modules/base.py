@@ -44,7 +44,7 @@ class SparseCoder(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         out = self(batch[0])
-        terms = self.loss(out)
+        terms = self.loss(out, reduction="mean")  # per example, whatever the eval batch size
         self.log_dict({f"val/{name}": value for name, value in terms.items()})
         return out
 

@@ -96,14 +96,15 @@ class CompositeLoss:
             if missing:
                 raise ValueError(f"loss term '{name}' needs {sorted(missing)}, which {model_name} does not produce")
 
-    def __call__(self, out: dict, sparsity_scale: float = 1.0) -> dict[str, Tensor]:
+    def __call__(self, out: dict, sparsity_scale: float = 1.0, reduction: str | None = None) -> dict[str, Tensor]:
+        reduction = reduction or self.reduction
         values, total = {}, 0.0
         for name, weight in self.weights.items():
             term = LOSS_TERMS[name]
             with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
                 value = term.fn(out, **self.options)
                 if term.per_example:
-                    value = value.sum() if self.reduction == "sum" else value.mean()
+                    value = value.sum() if reduction == "sum" else value.mean()
             values[name] = value
             if weight > 0:
                 total = total + weight * (sparsity_scale if term.sparsity else 1.0) * value
