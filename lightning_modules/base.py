@@ -60,5 +60,5 @@ class SparseCoder(pl.LightningModule):
         bad = [name for name, value in terms.items() if name != "total" and not torch.isfinite(value)]
         raise NonFiniteLossError(
             f"non-finite loss at step {self.global_step}: term(s) {bad or ['total']} "
-            f"= {[float(terms[name]) for name in bad or ['total']]}"
+            f"= {[float(terms[name].detach()) for name in bad or ['total']]}"
         )

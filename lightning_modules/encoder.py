@@ -21,8 +21,8 @@ class DecoderFreeEncoder(SparseCoder):
         lr: float = 1e-3,
         unit_norm_rows: bool = False,
     ):
-        if hidden_dim <= 0 or input_dim <= 0:
-            raise ValueError(f"model.hidden_dim and input_dim must be > 0, got {hidden_dim}, {input_dim}")
+        if hidden_dim <= 0:
+            raise ValueError(f"model.hidden_dim must be > 0, got {hidden_dim}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown model.activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
         super().__init__(loss, lr)

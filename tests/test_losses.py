@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+import torch
+
+from analysis.theorem import gradient_vs_responsibility
+from lightning_modules.losses import LOSS_TERMS, CompositeLoss, lse_and_responsibilities
+
+OPTIONS = dict(eps=1e-6, bounded_variance=False)
+
+
+def relu_codes(n=64, k=16, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.relu(torch.randn(n, k, generator=generator, dtype=torch.float64) * 2)
+
+
+def test_lse_gradient_is_exactly_the_responsibility_in_float64():
+    a = relu_codes()
+    grad, resp = gradient_vs_responsibility(a)
+    assert (a == 0).any()  # zeros exercise the ReLU's inactive units too
+    assert torch.allclose(grad, resp, rtol=0, atol=1e-15)
+    assert torch.allclose(resp.sum(dim=1), torch.ones(len(a), dtype=torch.float64), atol=1e-15)
+
+
+def test_lse_value_matches_a_direct_computation():
+    a = relu_codes()
+    loss, _ = lse_and_responsibilities(a)
+    expected = -np.log(np.exp(-a.numpy()).sum(axis=1))
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-12)
+
+
+def test_variance_terms_match_numpy():
+    a = relu_codes()
+    var = a.numpy().var(axis=0, ddof=1)
+    got = LOSS_TERMS["variance"].fn({"a": a}, **OPTIONS)
+    np.testing.assert_allclose(got.item(), -np.log(var + 1e-6).sum(), rtol=1e-12)
+    bounded = LOSS_TERMS["variance"].fn({"a": a}, eps=1e-6, bounded_variance=True)
+    np.testing.assert_allclose(bounded.item(), (var - np.log(var + 1e-6)).sum(), rtol=1e-12)
+
+
+def test_decorrelation_is_the_off_diagonal_sum_of_squared_correlations():
+    a = relu_codes()
+    corr = np.corrcoef(a.numpy(), rowvar=False)
+    expected = (corr**2).sum() - np.trace(corr**2)
+    got = LOSS_TERMS["decorrelation"].fn({"a": a}, eps=1e-12, bounded_variance=False)
+    np.testing.assert_allclose(got.item(), expected, rtol=1e-8)
+
+
+def test_composite_reports_every_term_but_sums_only_the_weighted_ones():
+    a = relu_codes().requires_grad_(True)
+    loss = CompositeLoss({"lse": 0.0, "variance": 2.0, "decorrelation": 1.0})
+    terms = loss({"a": a})
+    assert set(terms) == {"lse", "variance", "decorrelation", "total"}
+    assert not terms["lse"].requires_grad  # weight 0: reported, not differentiated
+    torch.testing.assert_close(terms["total"], 2 * terms["variance"] + terms["decorrelation"])
+
+
+def test_reduction_sum_is_batch_size_times_mean():
+    a = relu_codes(n=32)
+    summed = CompositeLoss({"lse": 1.0}, reduction="sum")({"a": a})["lse"]
+    mean = CompositeLoss({"lse": 1.0}, reduction="mean")({"a": a})["lse"]
+    torch.testing.assert_close(summed, 32 * mean)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(weights={"lse": 1, "bogus": 1}), "unknown loss term"),
+    (dict(weights={"lse": -1}), ">= 0"),
+    (dict(weights={"lse": 0}), "at least one"),
+    (dict(weights={"lse": 1}, reduction="max"), "reduction"),
+    (dict(weights={"lse": 1}, eps=0), "eps"),
+])
+def test_impossible_loss_configs_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CompositeLoss(**kwargs)
+
+
+def test_a_term_the_model_cannot_feed_is_rejected():
+    LOSS_TERMS["needs_decoder"] = LOSS_TERMS["lse"].__class__(lambda out, **_: out["x_hat"], frozenset({"x_hat"}),
+                                                              True, False)
+    try:
+        with pytest.raises(ValueError, match="needs \\['x_hat'\\]"):
+            CompositeLoss({"needs_decoder": 1.0}).check_outputs(frozenset({"x", "z", "a"}), "DecoderFreeEncoder")
+    finally:
+        del LOSS_TERMS["needs_decoder"]

@@ -1,0 +1,94 @@
+"""The real train.py and analysis commands, through Hydra, on small data."""
+import math
+
+import pytest
+import torch
+
+from conftest import QUICK, read_metrics, run_cli
+
+UNIT_KEYS = {"dead_units", "dead_fraction", "dead_at_init", "low_variance_units", "redundancy", "redundancy_norm",
+             "resp_entropy", "max_resp", "effective_components", "l0", "l0_eps", "blocked_resp_mass",
+             "weight_norm", "params"}
+
+
+@pytest.fixture(scope="module")
+def ablation_dir(tmp_path_factory):
+    sweep = tmp_path_factory.mktemp("ablation")
+    run_cli("train.py", "-m", "loss=lse,lse_var,lse_var_tc,var_tc", *QUICK, "model.hidden_dim=16",
+            f"hydra.sweep.dir={sweep}")
+    return sweep
+
+
+def test_ablation_sweep_writes_config_metrics_and_checkpoints_per_run(ablation_dir):
+    runs = sorted(p for p in ablation_dir.iterdir() if p.name.isdigit())
+    assert len(runs) == 4
+    for run in runs:
+        metrics = read_metrics(run)
+        assert metrics["status"] == "finished"
+        assert UNIT_KEYS | {"val/lse", "val/variance", "val/decorrelation", "val/total"} <= set(metrics)
+        assert metrics["params"] == 32 * 16 + 16
+        assert (run / "config_resolved.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+        assert all(math.isfinite(v) for v in metrics.values() if isinstance(v, float))
+    weights = [torch.load(r / "checkpoints" / "last.ckpt")["state_dict"]["linear.weight"] for r in runs]
+    assert not torch.equal(weights[0], weights[3])  # the loss override reached the model
+
+
+def test_ablation_analysis_writes_figure_and_table(ablation_dir):
+    result = run_cli("-m", "analysis.ablation", f"dir={ablation_dir}")
+    out = ablation_dir / "analysis"
+    assert (out / "figure2_ablation.pdf").stat().st_size > 0 and (out / "figure2_ablation.png").stat().st_size > 0
+    table = (out / "ablation.md").read_text()
+    for name in ("lse", "lse_var", "lse_var_tc", "var_tc"):
+        assert f"| {name} | 1 |" in table
+    assert "redundancy_norm" in result.stdout
+
+
+def test_mnist_run_logs_to_wandb_offline_with_figures(tmp_path):
+    run_cli("train.py", "trainer.max_epochs=1", "trainer.limit_train_batches=5", "model.hidden_dim=8",
+            f"hydra.run.dir={tmp_path}")
+    offline_runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline_runs) == 1 and offline_runs[0].stat().st_size > 0
+    for name in ("abs_corr", "weight_cosine", "firing_frequency"):
+        assert (tmp_path / "figures" / f"{name}.png").is_file()
+    assert read_metrics(tmp_path)["params"] == 784 * 8 + 8
+
+
+def test_theorem_command_prints_exact_agreement(tmp_path):
+    result = run_cli("-m", "analysis.theorem", "data=gaussian_mixture", f"hydra.run.dir={tmp_path}")
+    max_error = float(result.stdout.split("max |dL/da - r| = ")[1].split(",")[0])
+    assert max_error < 1e-14
+    assert (tmp_path / "theorem.pdf").is_file() and (tmp_path / "theorem.png").is_file()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.hidden_dim=0", "hidden_dim must be > 0"),
+    ("model.lr=0", "lr must be > 0"),
+    ("data.batch_size=0", "batch_size must be > 0"),
+    ("loss.weights.lse=-1", "weights must be >= 0"),
+    ("model.activation=tanh", "unknown model.activation 'tanh'"),
+])
+def test_impossible_values_fail_in_one_line_before_training(tmp_path, override, message):
+    result = run_cli("train.py", *QUICK, override, f"hydra.run.dir={tmp_path}", check=False)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and message in lines[-1]
+    assert "Traceback" not in result.stderr and not (tmp_path / "metrics.json").exists()
+
+
+def test_unknown_group_option_lists_the_options():
+    result = run_cli("train.py", "loss=lse_typo", check=False)
+    assert result.returncode != 0
+    assert "Could not find 'loss/lse_typo'" in result.stderr and "lse_var_tc" in result.stderr
+
+
+def test_missing_mnist_names_the_path(tmp_path):
+    result = run_cli("train.py", f"data.data_dir={tmp_path}", check=False)
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: MNIST file missing: {tmp_path}/")
+
+
+def test_non_finite_loss_stops_with_the_step_and_term(tmp_path):
+    result = run_cli("train.py", *QUICK, "data.noise=nan", f"hydra.run.dir={tmp_path}", check=False)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert "non-finite loss at step 0" in last and "'lse'" in last
+    assert read_metrics(tmp_path)["status"].startswith("failed: non-finite loss")
