@@ -15,13 +15,16 @@ class NonFiniteLossError(RuntimeError):
 class SparseCoder(pl.LightningModule):
     provides: frozenset[str] = frozenset()
 
-    def __init__(self, loss: CompositeLoss, lr: float):
+    def __init__(self, loss: CompositeLoss, lr: float, sparsity_warmup: float = 0.0, lr_decay: float = 0.0):
         super().__init__()
         if lr <= 0:
             raise ValueError(f"model.lr must be > 0, got {lr}")
+        if not (0 <= sparsity_warmup <= 1 and 0 <= lr_decay <= 1):
+            raise ValueError(f"model.sparsity_warmup and lr_decay are fractions of training in [0, 1], "
+                             f"got {sparsity_warmup}, {lr_decay}")
         loss.check_outputs(self.provides, type(self).__name__)
         self.loss = loss
-        self.lr = lr
+        self.lr, self.sparsity_warmup, self.lr_decay = lr, sparsity_warmup, lr_decay
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -33,12 +36,16 @@ class SparseCoder(pl.LightningModule):
         """Constraints re-imposed after every optimiser step (unit-norm rows or columns)."""
 
     def sparsity_scale(self) -> float:
-        return 1.0
+        """Sparsity terms ramp linearly from 0 over the first ``sparsity_warmup`` of the steps."""
+        warmup_steps = self.sparsity_warmup * self.trainer.estimated_stepping_batches
+        return min(1.0, self.global_step / warmup_steps) if warmup_steps > 0 else 1.0
 
     def training_step(self, batch, batch_idx):
         terms = self.loss(self(batch[0]), sparsity_scale=self.sparsity_scale())
         self._check_finite(terms)
         self.log_dict({f"train/{name}": value for name, value in terms.items()})
+        if self.sparsity_warmup:
+            self.log("train/sparsity_scale", self.sparsity_scale())
         self.log("train/weight_norm", self.feature_directions().detach().norm())
         return terms["total"]
 
@@ -52,7 +59,17 @@ class SparseCoder(pl.LightningModule):
         self.normalize_weights()
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
+        if self.lr_decay == 0:
+            return optimizer
+        total = self.trainer.estimated_stepping_batches
+        decay_start = (1 - self.lr_decay) * total
+
+        def factor(step: int) -> float:  # constant, then linear to 0 over the last lr_decay of the steps
+            return 1.0 if step < decay_start else max(0.0, (total - step) / (total - decay_start))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _check_finite(self, terms: dict[str, Tensor]) -> None:
         if torch.isfinite(terms["total"]):

@@ -20,12 +20,13 @@ class DecoderFreeEncoder(SparseCoder):
         activation: str = "relu",
         lr: float = 1e-3,
         unit_norm_rows: bool = False,
+        **schedule,
     ):
         if hidden_dim <= 0:
             raise ValueError(f"model.hidden_dim must be > 0, got {hidden_dim}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown model.activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
-        super().__init__(loss, lr)
+        super().__init__(loss, lr, **schedule)
         self.save_hyperparameters(ignore=["loss"])
         self.linear = nn.Linear(input_dim, hidden_dim)
         self.activation = ACTIVATIONS[activation]

@@ -110,3 +110,35 @@ class CompositeLoss:
                 total = total + weight * (sparsity_scale if term.sparsity else 1.0) * value
         values["total"] = total
         return values
+
+
+# Terms of the standard SAE family: they need a decoder (x_hat) and are reduced per example.
+@register("mse", needs=("x", "x_hat"))
+def mse(out: dict, eps: float, bounded_variance: bool) -> Tensor:
+    return ((out["x"] - out["x_hat"]) ** 2).sum(dim=-1)
+
+
+@register("l1", needs=("a",), sparsity=True)
+def l1(out: dict, eps: float, bounded_variance: bool) -> Tensor:
+    return out["a"].abs().sum(dim=-1)
+
+
+@register("l1_decnorm", needs=("a", "decoder_norms"), sparsity=True)
+def l1_decnorm(out: dict, eps: float, bounded_variance: bool) -> Tensor:
+    """sum_i a_i ||W_dec,i||: an L1 penalty that shrinking the codes while growing the decoder cannot evade."""
+    return (out["a"].abs() * out["decoder_norms"]).sum(dim=-1)
+
+
+@register("l0", needs=("gate",), sparsity=True)
+def l0(out: dict, eps: float, bounded_variance: bool) -> Tensor:
+    """The count of open gates; differentiable only through the gate's straight-through surrogate."""
+    return out["gate"].sum(dim=-1)
+
+
+@register("auxk", needs=("x", "x_hat", "aux_x_hat"))
+def auxk(out: dict, eps: float, bounded_variance: bool) -> Tensor:
+    """Dead latents reconstruct the residual the live ones left (zero while no latent is dead)."""
+    if out["aux_x_hat"] is None:
+        return torch.zeros(len(out["x"]), device=out["x"].device)
+    residual = (out["x"] - out["x_hat"]).detach()
+    return ((residual - out["aux_x_hat"]) ** 2).sum(dim=-1)

@@ -1,0 +1,118 @@
+"""The standard SAE family the decoder-free encoder is measured against.
+
+    SparseAutoencoder  a = relu(W_enc (x - b_dec) + b_enc),  x_hat = W_dec a + b_dec   (+ l1 or l1_decnorm)
+    JumpReLUSAE        a = z * 1[z > theta], theta learned; a sigmoid surrogate carries the gradient to theta
+    TopKSAE            keep the k largest activations; AuxK lets dead latents model the residual
+"""
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_modules.base import SparseCoder
+from lightning_modules.losses import CompositeLoss
+
+
+class SparseAutoencoder(SparseCoder):
+    provides = frozenset({"x", "z", "a", "x_hat", "decoder_norms"})
+
+    def __init__(self, input_dim: int, hidden_dim: int, loss: CompositeLoss, lr: float = 1e-3,
+                 tied: bool = False, unit_norm_decoder: bool = False, **schedule):
+        if hidden_dim <= 0:
+            raise ValueError(f"model.hidden_dim must be > 0, got {hidden_dim}")
+        super().__init__(loss, lr, **schedule)
+        self.save_hyperparameters(ignore=["loss"])
+        self.encoder = nn.Linear(input_dim, hidden_dim)
+        self.b_dec = nn.Parameter(torch.zeros(input_dim))
+        # tied: W_dec = W_enc^T, the decoder-free encoder's parameter count plus b_dec
+        self.W_dec = None if tied else nn.Parameter(self.encoder.weight.detach().T.clone())
+        self.unit_norm_decoder = unit_norm_decoder
+        self.normalize_weights()
+
+    def decoder_weight(self) -> Tensor:
+        """[input_dim, hidden_dim]: column i is latent i's direction."""
+        return self.encoder.weight.T if self.W_dec is None else self.W_dec
+
+    def activate(self, z: Tensor) -> Tensor:
+        return F.relu(z)
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        z = self.encoder(x - self.b_dec)
+        return z, self.activate(z)
+
+    def decode(self, a: Tensor) -> Tensor:
+        return a @ self.decoder_weight().T + self.b_dec
+
+    def reconstruction(self, x: Tensor, z: Tensor, a: Tensor) -> dict[str, Tensor]:
+        return {"x": x, "z": z, "a": a, "x_hat": self.decode(a), "decoder_norms": self.decoder_weight().norm(dim=0)}
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return self.reconstruction(x, *self.encode(x))
+
+    def feature_directions(self) -> Tensor:
+        return self.decoder_weight().T
+
+    @torch.no_grad()
+    def normalize_weights(self) -> None:
+        if self.unit_norm_decoder:
+            weight = self.decoder_weight()
+            weight /= weight.norm(dim=0, keepdim=True).clamp_min(1e-12)
+
+
+class JumpReLUSAE(SparseAutoencoder):
+    provides = SparseAutoencoder.provides | {"gate"}
+
+    def __init__(self, *args, threshold: float = 0.1, tau: float = 0.1, **kwargs):
+        if threshold <= 0 or tau <= 0:
+            raise ValueError(f"model.threshold and model.tau must be > 0, got {threshold}, {tau}")
+        super().__init__(*args, **kwargs)
+        self.log_threshold = nn.Parameter(torch.full((self.hparams.hidden_dim,), float(threshold)).log())
+        self.tau = tau
+
+    def gate(self, z: Tensor) -> Tensor:
+        """Forward: exactly 1[z > theta]. Backward: d/dtheta of sigmoid((z - theta) / tau); z gets no
+        gradient through the gate (only through a = z * gate), as in the JumpReLU SAE paper."""
+        theta = self.log_threshold.exp()
+        soft = torch.sigmoid((z.detach() - theta) / self.tau)
+        return (z > theta).to(z.dtype) + soft - soft.detach()
+
+    def activate(self, z: Tensor) -> Tensor:
+        return z * self.gate(z)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        z = self.encoder(x - self.b_dec)
+        gate = self.gate(z)
+        return self.reconstruction(x, z, z * gate) | {"gate": gate}
+
+
+class TopKSAE(SparseAutoencoder):
+    provides = SparseAutoencoder.provides | {"aux_x_hat"}
+
+    def __init__(self, *args, k: int = 8, k_aux: int = 64, dead_after: int = 50_000, **kwargs):
+        super().__init__(*args, **kwargs)
+        hidden_dim = self.hparams.hidden_dim
+        if not 0 < k <= hidden_dim:
+            raise ValueError(f"model.k must be in [1, hidden_dim={hidden_dim}], got {k}")
+        if k_aux <= 0 or dead_after <= 0:
+            raise ValueError(f"model.k_aux and model.dead_after must be > 0, got {k_aux}, {dead_after}")
+        self.k, self.k_aux, self.dead_after = k, k_aux, dead_after
+        self.register_buffer("examples_since_fired", torch.zeros(hidden_dim))
+
+    def activate(self, z: Tensor) -> Tensor:
+        """The k largest of relu(z): exactly k non-zeros whenever k pre-activations are positive."""
+        values, indices = F.relu(z).topk(self.k, dim=-1)
+        return torch.zeros_like(z).scatter(-1, indices, values)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        z, a = self.encode(x)
+        out = self.reconstruction(x, z, a)
+        if self.training:
+            with torch.no_grad():
+                self.examples_since_fired += len(x)
+                self.examples_since_fired[(a > 0).any(dim=0)] = 0
+        dead = self.examples_since_fired > self.dead_after
+        out["aux_x_hat"] = None
+        if dead.any():  # the dead latents' top k_aux pre-activations reconstruct the residual
+            k_aux = min(self.k_aux, int(dead.sum()))
+            values, indices = F.relu(z.masked_fill(~dead, float("-inf"))).topk(k_aux, dim=-1)
+            out["aux_x_hat"] = torch.zeros_like(z).scatter(-1, indices, values) @ self.decoder_weight().T
+        return out
