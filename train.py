@@ -14,6 +14,8 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+import calibration
+from callbacks.metrics_file import MetricsFile
 from lightning_modules.base import NonFiniteLossError
 
 CONFIG_ERRORS = (ValueError, FileNotFoundError, InstantiationException)
@@ -30,6 +32,8 @@ def build(cfg: DictConfig):
     """Everything that can reject the configuration or the data, before any training starts."""
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
+    if cfg.calibrate.target_l0 is not None:
+        calibration.check(cfg)
     model = instantiate(cfg.model, loss=instantiate(cfg.loss))
     return datamodule, model
 
@@ -43,10 +47,20 @@ def fit(cfg: DictConfig) -> pl.Trainer:
         datamodule, model = build(cfg)
     except CONFIG_ERRORS as error:
         sys.exit(f"error: {root_cause(error)}")
+    calibrated = None
+    if cfg.calibrate.target_l0 is not None:
+        calibrated = calibration.calibrate(cfg, datamodule)
+        cfg = calibration.with_lambda(cfg, calibrated["lambda"])
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        model = instantiate(cfg.model, loss=instantiate(cfg.loss))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     if logger:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True) | {"calibration": calibrated})
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
+    if calibrated:
+        for callback in callbacks:
+            if isinstance(callback, MetricsFile):
+                callback.extra.update({f"calibration_{key}": value for key, value in calibrated.items()})
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)

@@ -15,6 +15,7 @@ by the bare loop's time in the same round. 1.00x means no overhead, 2.00x twice 
 Machines are noisy: trust the ratios, not the milliseconds, and compare ratios only run against run.
 """
 import logging
+import os
 import statistics
 import tempfile
 import time
@@ -117,7 +118,8 @@ if __name__ == "__main__":
             times[name].append(run(dm))
     reference = [window for window, _ in times[next(iter(VARIANTS))]]
     print(f"torch {torch.__version__}, lightning {pl.__version__}, {torch.get_num_threads()} threads, "
-          f"{STEPS - WARMUP} timed steps x {ROUNDS} rounds, median over rounds")
+          f"{STEPS - WARMUP} timed steps x {ROUNDS} rounds, median over rounds; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (higher than the cores: rerun on a quiet machine)")
     print(f"{'variant':44s} {'ratio':>7s} {'ms/step':>8s} {'fixed s':>8s}")
     for name, runs in times.items():
         ratio = statistics.median(window / ref for (window, _), ref in zip(runs, reference))

@@ -12,13 +12,14 @@ from callbacks.unit_statistics import UnitStatistics
 
 
 class UnitMetrics(pl.Callback):
-    def __init__(self, output_dir: str, figures: bool = True):
+    def __init__(self, output_dir: str, figures: bool = True, corr_units: int | None = None):
         self.output_dir = Path(output_dir)
-        self.figures = figures
+        self.figures, self.corr_units = figures, corr_units
         self.arrays: dict[str, np.ndarray] = {}
 
     def setup(self, trainer, pl_module, stage):
-        self.stats = UnitStatistics(pl_module.feature_directions().shape[0]).to(pl_module.device)
+        n_units = pl_module.feature_directions().shape[0]
+        self.stats = UnitStatistics(n_units, corr_units=self.corr_units).to(pl_module.device)
 
     @torch.no_grad()
     def on_fit_start(self, trainer, pl_module):

@@ -1,6 +1,7 @@
 """Per-unit statistics of a code ``a`` (and its pre-activation ``z``) accumulated over a dataset,
 as a torchmetrics Metric so the sums reduce across devices. Everything is a sum of per-batch terms;
-the correlation matrix comes from the summed outer products at ``compute`` time, in float64."""
+the correlation matrix comes from the summed outer products at ``compute`` time, in float64, over the
+first ``corr_units`` units (all of them by default; k x k sums do not fit at 65k latents)."""
 import torch
 from torch import Tensor
 from torchmetrics import Metric
@@ -11,12 +12,15 @@ from lightning_modules.losses import lse_and_responsibilities
 class UnitStatistics(Metric):
     full_state_update = False
 
-    def __init__(self, n_units: int, active_threshold: float = 0.01, low_variance: float = 0.01):
+    def __init__(self, n_units: int, active_threshold: float = 0.01, low_variance: float = 0.01,
+                 corr_units: int | None = None):
         super().__init__()
         self.active_threshold, self.low_variance = active_threshold, low_variance
-        vector, matrix = torch.zeros(n_units, dtype=torch.float64), torch.zeros(n_units, n_units, dtype=torch.float64)
-        scalar = torch.zeros((), dtype=torch.float64)
-        for name, default in [("count", scalar), ("sum_a", vector), ("sum_outer", matrix), ("fired", vector),
+        self.corr_units = min(corr_units or n_units, n_units)
+        vector, scalar = torch.zeros(n_units, dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+        matrix = torch.zeros(self.corr_units, self.corr_units, dtype=torch.float64)
+        for name, default in [("count", scalar), ("sum_a", vector), ("sum_sq", vector), ("sum_outer", matrix),
+                              ("fired", vector),
                               ("active", scalar), ("active_eps", scalar), ("resp_entropy", scalar),
                               ("max_resp", scalar), ("sum_resp", vector), ("blocked_resp", scalar)]:
             self.add_state(name, default=default.clone(), dist_reduce_fx="sum")
@@ -26,7 +30,9 @@ class UnitStatistics(Metric):
         _, resp = lse_and_responsibilities(a)
         self.count += len(a)
         self.sum_a += a.sum(dim=0)
-        self.sum_outer += a.T @ a
+        self.sum_sq += (a * a).sum(dim=0)
+        tracked = a[:, :self.corr_units]
+        self.sum_outer += tracked.T @ tracked
         self.fired += (a > 0).sum(dim=0)
         self.active += (a > 0).sum()
         self.active_eps += (a > self.active_threshold).sum()
@@ -38,15 +44,15 @@ class UnitStatistics(Metric):
     def compute(self) -> dict[str, Tensor]:
         n = self.count
         mean = self.sum_a / n
-        cov = (self.sum_outer - n * torch.outer(mean, mean)) / (n - 1)
-        var = torch.diagonal(cov).clamp_min(0)
+        var = ((self.sum_sq - n * mean**2) / (n - 1)).clamp_min(0)
         alive = self.fired > 0
+        m = self.corr_units
+        cov = (self.sum_outer - n * torch.outer(mean[:m], mean[:m])) / (n - 1)
         corr = torch.zeros_like(cov)
-        has_var = var > 0
-        corr[has_var[:, None] & has_var[None, :]] = (
-            cov / torch.sqrt(torch.outer(var, var)).clamp_min(1e-30))[has_var[:, None] & has_var[None, :]]
-        alive_corr = corr[alive][:, alive]
-        k_alive = int(alive.sum())
+        both = (var[:m] > 0)[:, None] & (var[:m] > 0)[None, :]
+        corr[both] = (cov / torch.sqrt(torch.outer(var[:m], var[:m])).clamp_min(1e-30))[both]
+        alive_corr = corr[alive[:m]][:, alive[:m]]
+        k_alive = int(alive[:m].sum())
         redundancy = (alive_corr**2).sum() - (torch.diagonal(alive_corr) ** 2).sum()
         mean_resp = self.sum_resp / n
         return {

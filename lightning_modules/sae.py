@@ -69,11 +69,12 @@ class JumpReLUSAE(SparseAutoencoder):
         self.tau = tau
 
     def gate(self, z: Tensor) -> Tensor:
-        """Forward: exactly 1[z > theta]. Backward: d/dtheta of sigmoid((z - theta) / tau); z gets no
-        gradient through the gate (only through a = z * gate), as in the JumpReLU SAE paper."""
+        """Forward: exactly 1[z > theta]. Backward: the gradient of sigmoid((z - theta) / tau), to theta
+        and to z. (The JumpReLU paper routes it to theta only; then the L0 penalty reaches the encoder
+        only through theta, which Adam moves by ~lr per step, and lambda barely changes a short run.)"""
         theta = self.log_threshold.exp()
-        soft = torch.sigmoid((z.detach() - theta) / self.tau)
-        return (z > theta).to(z.dtype) + soft - soft.detach()
+        soft = torch.sigmoid((z - theta) / self.tau)
+        return (z > theta).to(z.dtype) + (soft - soft.detach())  # exactly 0 forward: the gate stays hard
 
     def activate(self, z: Tensor) -> Tensor:
         return z * self.gate(z)

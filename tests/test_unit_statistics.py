@@ -49,3 +49,15 @@ def test_accumulating_batches_equals_one_pass():
         parts.update(z[chunk], a[chunk])
     for name, value in whole.compute().items():
         torch.testing.assert_close(parts.compute()[name], value)
+
+
+def test_correlations_over_the_first_units_match_the_full_computation_on_them():
+    z, a = constructed_codes()
+    wide = torch.cat([a, torch.rand(200, 5, generator=torch.Generator().manual_seed(1))], dim=1)
+    capped, subset = UnitStatistics(9, corr_units=4), UnitStatistics(4)
+    capped.update(wide, wide)
+    subset.update(z, a)
+    capped_out, subset_out = capped.compute(), subset.compute()
+    for name in ("redundancy", "redundancy_norm", "corr"):
+        torch.testing.assert_close(capped_out[name], subset_out[name])
+    assert capped_out["dead_units"] == 1 and capped_out["firing_frequency"].shape == (9,)

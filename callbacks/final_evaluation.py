@@ -1,0 +1,67 @@
+"""What the trained code carries, measured once at the end of fit: reconstruction on test (through
+the decoder, or for the decoder-free encoder through its weights), the best affine read-out, sparsity,
+and a linear probe of the labels against the same probe on the randomly initialised encoder."""
+import copy
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from analysis.linear_fits import affine_fvu, fvu, implicit_decoder_fits, probe_accuracy
+
+
+class FinalEvaluation(pl.Callback):
+    def __init__(self, probe: bool = True, max_examples: int | None = None, chunk_size: int = 4096):
+        self.probe, self.max_examples, self.chunk_size = probe, max_examples, chunk_size
+        self.initial_state: dict[str, Tensor] | None = None
+
+    def state_dict(self) -> dict:
+        return {"initial_state": self.initial_state}  # a resumed run keeps its true initialisation
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.initial_state = state_dict["initial_state"]
+
+    def on_fit_start(self, trainer, pl_module):
+        if self.initial_state is None:  # on resume, the checkpoint restored it before this hook
+            self.initial_state = copy.deepcopy(pl_module.state_dict())
+
+    def _codes(self, pl_module, x: Tensor) -> Tensor:
+        return torch.cat([pl_module.encode(chunk.to(pl_module.device))[1] for chunk in x.split(self.chunk_size)])
+
+    @torch.no_grad()
+    def on_fit_end(self, trainer, pl_module):
+        # Lightning's teardown has already moved the model to the CPU: everything here runs there.
+        if trainer.global_rank != 0:
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        (x_train, y_train), (x_test, y_test) = trainer.datamodule.splits["train"], trainer.datamodule.splits["test"]
+        if self.max_examples is not None and len(x_train) > self.max_examples:
+            keep = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(0))[:self.max_examples]
+            x_train, y_train = x_train[keep], y_train[keep]
+        x_train, x_test = x_train.to(pl_module.device), x_test.to(pl_module.device)
+        y_train, y_test = y_train.to(pl_module.device), y_test.to(pl_module.device)
+        a_train, a_test = self._codes(pl_module, x_train), self._codes(pl_module, x_test)
+
+        values = {"l0_test": float((a_test > 0).sum(1).double().mean())}
+        if hasattr(pl_module, "decode"):
+            x_hat = torch.cat([pl_module.decode(chunk) for chunk in a_test.split(self.chunk_size)])
+            unexplained = fvu(x_test, x_hat, x_train.mean(0))
+            values.update(mse=float((x_test - x_hat).double().square().mean()), fvu=unexplained,
+                          explained_variance=1 - unexplained, fvu_affine=affine_fvu(a_train, x_train, a_test, x_test))
+        else:
+            values.update(implicit_decoder_fits(a_train, x_train, a_test, x_test, pl_module.feature_directions()))
+        if self.probe:
+            values["probe_acc"] = probe_accuracy(a_train, y_train, a_test, y_test)
+            trained = copy.deepcopy(pl_module.state_dict())
+            pl_module.load_state_dict(self.initial_state)
+            try:
+                init_train, init_test = self._codes(pl_module, x_train), self._codes(pl_module, x_test)
+            finally:  # the trained weights go back even if encoding fails
+                pl_module.load_state_dict(trained)
+            values["probe_acc_init"] = probe_accuracy(init_train, y_train, init_test, y_test)
+        pl_module.train(was_training)
+
+        trainer.callback_metrics.update({name: torch.tensor(value) for name, value in values.items()})
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=trainer.global_step)

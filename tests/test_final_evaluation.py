@@ -1,0 +1,58 @@
+"""The end-of-fit evaluation reports its metrics to callback_metrics, metrics.json and the loggers,
+and leaves the trained weights in the model after probing the initial ones."""
+import copy
+import csv
+import json
+
+import pytorch_lightning as pl
+import pytest
+import torch
+from pytorch_lightning.loggers import CSVLogger
+
+from callbacks.final_evaluation import FinalEvaluation
+from callbacks.metrics_file import MetricsFile
+from datamodules.gaussian_mixture import GaussianMixtureDataModule
+from lightning_modules.encoder import DecoderFreeEncoder
+from lightning_modules.losses import CompositeLoss
+
+KEYS = {"mse_raw", "mse", "fvu", "explained_variance", "fvu_affine", "alpha", "l0_test", "probe_acc", "probe_acc_init"}
+
+
+class TrainedWeights(pl.Callback):
+    def on_train_end(self, trainer, pl_module):
+        self.state = copy.deepcopy(pl_module.state_dict())
+
+
+def test_final_evaluation_of_the_decoder_free_encoder(tmp_path):
+    pl.seed_everything(0, verbose=False)
+    data = GaussianMixtureDataModule(input_dim=8, n_train=512, n_val=128, n_test=128, batch_size=64)
+    model = DecoderFreeEncoder(8, 16, CompositeLoss({"lse": 1, "variance": 1, "decorrelation": 1}))
+    initial = copy.deepcopy(model.state_dict())
+    evaluation, trained = FinalEvaluation(), TrainedWeights()
+    trainer = pl.Trainer(max_epochs=1, logger=CSVLogger(tmp_path), enable_checkpointing=False,
+                         enable_progress_bar=False, num_sanity_val_steps=0,
+                         callbacks=[trained, evaluation, MetricsFile(str(tmp_path / "metrics.json"))])
+    trainer.fit(model, datamodule=data)
+
+    values = {name: float(trainer.callback_metrics[name]) for name in KEYS}
+    assert all(0 <= values[name] <= 1 for name in ("probe_acc", "probe_acc_init"))
+    assert 0 <= values["l0_test"] <= 16
+    assert values["explained_variance"] == pytest.approx(1 - values["fvu"])
+    # mse and fvu share their numerator; the denominator is the test spread around the TRAIN mean
+    (x_train, _), (x_test, _) = data.splits["train"], data.splits["test"]
+    spread = float((x_test.double() - x_train.double().mean(0)).square().mean())
+    assert values["mse"] == pytest.approx(values["fvu"] * spread)
+    # No fvu_affine <= fvu: the affine decoder is the least-squares optimum on train, which contains the
+    # alpha-scaled W^T decoder, but on test either can win. Both are ratios of sums of squares.
+    assert values["fvu"] >= 0 and values["fvu_affine"] >= 0
+
+    # the initial weights were probed, then the trained ones restored
+    assert all(torch.equal(evaluation.initial_state[name], initial[name]) for name in initial)
+    assert not torch.equal(trained.state["linear.weight"], initial["linear.weight"])
+    assert all(torch.equal(model.state_dict()[name], trained.state[name]) for name in initial)
+
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["status"] == "finished" and KEYS <= written.keys()
+    with open(trainer.logger.log_dir + "/metrics.csv") as file:
+        logged = [row for row in csv.DictReader(file) if row["probe_acc"]]
+    assert float(logged[-1]["probe_acc"]) == pytest.approx(values["probe_acc"])

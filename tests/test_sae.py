@@ -1,0 +1,92 @@
+import pytest
+import torch
+
+from lightning_modules.encoder import DecoderFreeEncoder
+from lightning_modules.losses import LOSS_TERMS, CompositeLoss
+from lightning_modules.sae import JumpReLUSAE, SparseAutoencoder, TopKSAE
+
+OPTIONS = dict(eps=1e-6, bounded_variance=False)
+MSE_L1 = {"mse": 1.0, "l1": 1e-2}
+
+
+def batch(n=32, d=10, seed=0):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("model", [
+    SparseAutoencoder(10, 24, CompositeLoss(MSE_L1)),
+    SparseAutoencoder(10, 24, CompositeLoss(MSE_L1), tied=True),
+    JumpReLUSAE(10, 24, CompositeLoss({"mse": 1.0, "l0": 1e-2})),
+    TopKSAE(10, 24, CompositeLoss({"mse": 1.0, "auxk": 1 / 32}), k=4),
+])
+def test_shapes_and_every_parameter_gets_a_gradient(model):
+    out = model(batch())
+    assert out["a"].shape == (32, 24) and out["x_hat"].shape == (32, 10)
+    model.loss(out)["total"].backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_tied_sae_shares_the_encoder_weight():
+    tied = SparseAutoencoder(10, 24, CompositeLoss(MSE_L1), tied=True)
+    assert tied.decoder_weight().data_ptr() == tied.encoder.weight.data_ptr()
+    assert sum(p.numel() for p in tied.parameters()) == 10 * 24 + 24 + 10
+
+
+def test_jumprelu_forward_is_hard_gated_and_theta_learns_through_the_surrogate():
+    model = JumpReLUSAE(10, 24, CompositeLoss({"mse": 1.0, "l0": 1.0}), threshold=0.5, tau=0.5)
+    x = batch()
+    out = model(x)
+    z, theta = out["z"], model.log_threshold.exp()
+    assert torch.equal(out["a"], torch.where(z > theta, z, torch.zeros_like(z)))
+    assert torch.equal(out["gate"], (z > theta).float())
+    LOSS_TERMS["l0"].fn(out, **OPTIONS).sum().backward()
+    assert model.log_threshold.grad.abs().sum() > 0
+    assert (model.log_threshold.grad <= 0).all()  # a larger threshold can only close gates
+
+
+def test_topk_keeps_exactly_k_nonzeros():
+    model = TopKSAE(10, 24, CompositeLoss({"mse": 1.0, "auxk": 1 / 32}), k=5)
+    z, a = model.encode(batch(n=64))
+    assert ((z > 0).sum(dim=1) >= 5).all()  # enough positive pre-activations for the claim to apply
+    assert ((a != 0).sum(dim=1) == 5).all()
+    kth = z.topk(5, dim=1).values[:, -1:]
+    assert torch.equal(a, torch.where(z >= kth, z, torch.zeros_like(z)))
+
+
+def test_auxk_is_zero_until_latents_are_dead():
+    model = TopKSAE(10, 24, CompositeLoss({"mse": 1.0, "auxk": 1 / 32}), k=2, dead_after=64)
+    x = batch()
+    model.train()
+    assert LOSS_TERMS["auxk"].fn(model(x), **OPTIONS).abs().sum() == 0
+    model.examples_since_fired[:10] = 1000  # ten latents have not fired for 1000 examples
+    out = model(x)
+    assert out["aux_x_hat"] is not None and LOSS_TERMS["auxk"].fn(out, **OPTIONS).sum() > 0
+
+
+def test_l1_decnorm_equals_an_independent_computation():
+    model = SparseAutoencoder(10, 24, CompositeLoss({"mse": 1.0, "l1_decnorm": 1.0}))
+    with torch.no_grad():
+        model.W_dec.mul_(torch.linspace(0.5, 3.0, 24))  # unequal column norms
+    out = model(batch())
+    expected = sum(out["a"][:, i] * torch.linalg.vector_norm(model.W_dec[:, i]) for i in range(24))
+    torch.testing.assert_close(LOSS_TERMS["l1_decnorm"].fn(out, **OPTIONS), expected)
+
+
+def test_unit_norm_decoder_is_kept_after_a_step():
+    model = SparseAutoencoder(10, 24, CompositeLoss(MSE_L1), unit_norm_decoder=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    model.loss(model(batch()))["total"].backward()
+    optimizer.step()
+    model.normalize_weights()
+    torch.testing.assert_close(model.W_dec.norm(dim=0), torch.ones(24))
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: DecoderFreeEncoder(10, 24, CompositeLoss({"mse": 1.0, "lse": 1.0})), "needs \\['x_hat'\\]"),
+    (lambda: TopKSAE(10, 24, CompositeLoss({"mse": 1.0}), k=25), "model.k must be in"),
+    (lambda: JumpReLUSAE(10, 24, CompositeLoss({"mse": 1.0}), tau=0), "tau"),
+])
+def test_model_and_loss_that_do_not_fit_are_rejected(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
