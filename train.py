@@ -34,8 +34,12 @@ def build(cfg: DictConfig):
     datamodule.setup("fit")
     if cfg.calibrate.target_l0 is not None:
         calibration.check(cfg)
-    model = instantiate(cfg.model, loss=instantiate(cfg.loss))
-    return datamodule, model
+    return datamodule, make_model(cfg)
+
+
+def make_model(cfg: DictConfig):
+    """A sparse coder takes its loss from the registry; a model with its own objective has no loss group."""
+    return instantiate(cfg.model, loss=instantiate(cfg.loss)) if cfg.get("loss") else instantiate(cfg.model)
 
 
 def fit(cfg: DictConfig) -> pl.Trainer:
@@ -52,11 +56,11 @@ def fit(cfg: DictConfig) -> pl.Trainer:
         calibrated = calibration.calibrate(cfg, datamodule)
         cfg = calibration.with_lambda(cfg, calibrated["lambda"])
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        model = instantiate(cfg.model, loss=instantiate(cfg.loss))
+        model = make_model(cfg)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True) | {"calibration": calibrated})
-    callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
+    callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback]  # null disables one
     if calibrated:
         for callback in callbacks:
             if isinstance(callback, MetricsFile):
@@ -64,6 +68,8 @@ def fit(cfg: DictConfig) -> pl.Trainer:
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        if cfg.test:
+            trainer.test(model, datamodule=datamodule, ckpt_path="best" if trainer.checkpoint_callback else None)
     except NonFiniteLossError as error:
         message = f"error: {error}; last good checkpoint kept in {run_dir / 'checkpoints'}"
         if HydraConfig.get().mode != RunMode.MULTIRUN:

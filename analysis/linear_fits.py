@@ -1,6 +1,8 @@
 """Linear read-outs of frozen codes, fitted on train and scored on test: how much of x a code carries
 linearly (FVU), the PCA baseline at the same width, and a logistic-regression probe of the labels.
 Fits run in float64 on the inputs' device, whatever their dtype."""
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -29,20 +31,28 @@ def affine_fvu(a_train: Tensor, x_train: Tensor, a_test: Tensor, x_test: Tensor,
     return fvu(x_test, x_hat, x_mean)
 
 
-def implicit_decoder_fits(a_train: Tensor, x_train: Tensor, a_test: Tensor, x_test: Tensor,
-                          W: Tensor) -> dict[str, float]:
-    """Reconstruction of the decoder-free encoder through its weight W [k, d] used as decoder W^T.
-    Nothing in training ties the scale or offset of a @ W to x, so the raw ``mse_raw`` is only a
-    diagnostic; the primary x_hat = x_mean + alpha (a @ W - mean_train(a @ W)) fits the offset and one
-    scalar gain alpha on train. ``fvu_affine`` is the best any affine read-out of the code does."""
-    x_train, x_test, W = x_train.double(), x_test.double(), W.double()
-    p_train, p_test = a_train.double() @ W, a_test.double() @ W
+def fit_implicit_decoder(a_train: Tensor, x_train: Tensor, W: Tensor) -> tuple[Callable[[Tensor], Tensor], float]:
+    """The decoder-free encoder's reconstruction through its weight W [k, d] used as decoder W^T.
+    Nothing in training ties the scale or offset of a @ W to x, so x_hat = x_mean + alpha (a @ W -
+    mean_train(a @ W)) fits the offset and one scalar gain alpha on train. Returns (decode, alpha)."""
+    x_train, W = x_train.double(), W.double()
+    p_train = a_train.double() @ W
     x_mean, p_mean = x_train.mean(0), p_train.mean(0)
     centred = p_train - p_mean
     alpha = float(((x_train - x_mean) * centred).sum() / centred.square().sum().clamp_min(TINY))  # 0 if all dead
-    x_hat = x_mean + alpha * (p_test - p_mean)
-    unexplained = fvu(x_test, x_hat, x_mean)
-    return {"mse_raw": float((x_test - p_test).square().mean()), "mse": float((x_test - x_hat).square().mean()),
+    return (lambda a: x_mean + alpha * (a.double() @ W - p_mean)), alpha
+
+
+def implicit_decoder_fits(a_train: Tensor, x_train: Tensor, a_test: Tensor, x_test: Tensor,
+                          W: Tensor) -> dict[str, float]:
+    """Test scores of ``fit_implicit_decoder``; the raw ``mse_raw`` of a @ W is only a diagnostic, and
+    ``fvu_affine`` is the best any affine read-out of the code does."""
+    decode, alpha = fit_implicit_decoder(a_train, x_train, W)
+    x_test = x_test.double()
+    x_hat = decode(a_test)
+    unexplained = fvu(x_test, x_hat, x_train.double().mean(0))
+    return {"mse_raw": float((x_test - a_test.double() @ W.double()).square().mean()),
+            "mse": float((x_test - x_hat).square().mean()),
             "fvu": unexplained, "explained_variance": 1 - unexplained, "alpha": alpha,
             "fvu_affine": affine_fvu(a_train, x_train, a_test, x_test)}
 

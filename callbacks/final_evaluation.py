@@ -29,8 +29,8 @@ class FinalEvaluation(pl.Callback):
         return torch.cat([pl_module.encode(chunk.to(pl_module.device))[1] for chunk in x.split(self.chunk_size)])
 
     @torch.no_grad()
-    def on_fit_end(self, trainer, pl_module):
-        # Lightning's teardown has already moved the model to the CPU: everything here runs there.
+    def on_train_end(self, trainer, pl_module):
+        # before teardown moves the model to the CPU, and before MetricsFile writes in on_fit_end
         if trainer.global_rank != 0:
             return
         was_training = pl_module.training

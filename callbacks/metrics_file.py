@@ -35,5 +35,8 @@ class MetricsFile(pl.Callback):
     def on_fit_end(self, trainer, pl_module):
         self.write(trainer, "finished")
 
+    def on_test_end(self, trainer, pl_module):
+        self.write(trainer, "finished")
+
     def on_exception(self, trainer, pl_module, exception):
         self.write(trainer, f"failed: {exception}")

@@ -44,12 +44,13 @@ class MNISTDataModule(TensorDataModule):
                 raise FileNotFoundError(f"MNIST file missing: {path} (expected md5 {MD5[name]} after gunzip)")
         self.val_size = val_size
 
-    def _read_split(self, prefix: str):
+    def read_split(self, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``train`` or ``t10k``: flattened images in [0, 1] and labels."""
         images = read_idx(self.data_dir / f"{prefix}-images-idx3-ubyte.gz", MD5[f"{prefix}-images-idx3-ubyte"])
         labels = read_idx(self.data_dir / f"{prefix}-labels-idx1-ubyte.gz", MD5[f"{prefix}-labels-idx1-ubyte"])
         x = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255.0)
         return x, torch.from_numpy(labels.astype(np.int64))
 
     def load(self):
-        train, val = seeded_split(*self._read_split("train"), self.val_size, self.seed)
-        return {"train": train, "val": val, "test": self._read_split("t10k")}
+        train, val = seeded_split(*self.read_split("train"), self.val_size, self.seed)
+        return {"train": train, "val": val, "test": self.read_split("t10k")}

@@ -61,7 +61,12 @@ class TensorDataModule(pl.LightningDataModule):
             shift = x_train.mean(dim=0)
         if self.normalize == "standardize":
             scale = x_train.std(dim=0).clamp_min(1e-3)  # constant border pixels would divide by 0
+        self.shift, self.scale = shift, scale
         self.splits = {name: ((x - shift) / scale, y) for name, (x, y) in splits.items()}
+
+    def inverse(self, x: Tensor) -> Tensor:
+        """Back from the normalised space the model sees to the data's own units."""
+        return x * self.scale.to(x.device) + self.shift.to(x.device)
 
     def _batches(self, split: str, shuffle: bool) -> TensorBatches:
         trainer = self.trainer

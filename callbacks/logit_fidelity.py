@@ -1,0 +1,82 @@
+"""Fidelity of a sparse code of classifier logits: accuracy and cross-entropy when the logits are
+replaced by their reconstructions, MSE in the normalised and the raw space, per split; the per-example
+validation MSE; written to summary.json and BEST_RESULTS.md in the run dir and to the loggers."""
+import json
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from analysis.linear_fits import fit_implicit_decoder
+
+
+def fidelity(logits: Tensor, reconstructed: Tensor, labels: Tensor) -> dict[str, float]:
+    acc, acc_recon = [float((z.argmax(1) == labels).double().mean()) for z in (logits, reconstructed)]
+    ce, ce_recon = [float(F.cross_entropy(z.double(), labels)) for z in (logits, reconstructed)]
+    return {"acc": acc, "acc_recon": acc_recon, "delta_acc": acc_recon - acc,
+            "ce": ce, "ce_recon": ce_recon, "delta_ce": ce_recon - ce}
+
+
+def markdown(summary: dict) -> str:
+    splits = summary["splits"]
+    lines = ["# Logit SAE fidelity", "", "| field | value |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in summary.items() if not isinstance(value, dict)]
+    lines += ["", "## Accuracy and cross-entropy", "", "| split | acc | acc recon | Δacc | CE | CE recon | ΔCE |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {s['acc']:.4f} | {s['acc_recon']:.4f} | {s['delta_acc']:+.4f} | {s['ce']:.4f} | "
+              f"{s['ce_recon']:.4f} | {s['delta_ce']:+.4f} |" for name, s in splits.items()]
+    lines += ["", "## MSE", "", "| split | MSE normalised | MSE raw | L0 |", "|---|---|---|---|"]
+    lines += [f"| {name} | {s['mse_normalized']:.5g} | {s['mse_raw']:.5g} | {s['l0']:.3f} |" for name, s in splits.items()]
+    per_example = summary["val_mse_per_example"]
+    lines += ["", "## Per-example validation MSE (normalised)", "", "| " + " | ".join(per_example) + " |",
+              "|---" * len(per_example) + "|", "| " + " | ".join(f"{v:.5g}" for v in per_example.values()) + " |"]
+    return "\n".join(lines) + "\n"
+
+
+class LogitFidelity(pl.Callback):
+    def __init__(self, output_dir: str, summary: dict | None = None):
+        self.output_dir, self.summary = Path(output_dir), dict(summary or {})
+
+    def _codes(self, pl_module, x: Tensor) -> Tensor:
+        return torch.cat([pl_module.encode(chunk.to(pl_module.device))[1] for chunk in x.split(4096)])
+
+    @torch.no_grad()
+    def on_train_end(self, trainer, pl_module):
+        if trainer.global_rank != 0:
+            return
+        datamodule, was_training = trainer.datamodule, pl_module.training
+        pl_module.eval()
+        codes = {name: self._codes(pl_module, x) for name, (x, _) in datamodule.splits.items()}
+        if hasattr(pl_module, "decode"):
+            decode = pl_module.decode
+        else:  # the decoder-free encoder: W^T with an offset and a gain fitted on train
+            x_train = datamodule.splits["train"][0].to(pl_module.device)
+            decode = fit_implicit_decoder(codes["train"], x_train, pl_module.feature_directions())[0]
+        splits, per_example = {}, None
+        for name, (x, labels) in datamodule.splits.items():
+            x, labels = x.to(pl_module.device), labels.to(pl_module.device)
+            x_hat = decode(codes[name]).to(x.dtype)
+            raw, raw_hat = datamodule.inverse(x), datamodule.inverse(x_hat)
+            errors = (x - x_hat).double().square().mean(1)
+            splits[name] = fidelity(raw, raw_hat, labels) | {
+                "mse_normalized": float(errors.mean()), "mse_raw": float((raw - raw_hat).double().square().mean()),
+                "l0": float((codes[name] > 0).sum(1).double().mean())}
+            if name == "val":
+                per_example = {"mean": float(errors.mean()), "median": float(errors.median()),
+                               "p95": float(errors.quantile(0.95)), "best_index": int(errors.argmin()),
+                               "worst_index": int(errors.argmax())}
+        pl_module.train(was_training)
+        test = splits["test"]
+        summary = self.summary | {
+            "achieved_actives_val": splits["val"]["l0"], "baseline_acc": test["acc"],
+            "recon_acc_logits": test["acc_recon"], "delta_acc_logits": test["delta_acc"],
+            "splits": splits, "val_mse_per_example": per_example}
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        (self.output_dir / "BEST_RESULTS.md").write_text(markdown(summary))
+        flat = {f"fidelity/{split}_{key}": value for split, row in splits.items() for key, value in row.items()}
+        trainer.callback_metrics.update({key: torch.tensor(value) for key, value in flat.items()})
+        for logger in trainer.loggers:
+            logger.log_metrics(flat, step=trainer.global_step)
