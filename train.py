@@ -8,6 +8,7 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
@@ -30,10 +31,10 @@ def root_cause(error: BaseException) -> str:
 
 def build(cfg: DictConfig):
     """Everything that can reject the configuration or the data, before any training starts."""
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("fit")
     if cfg.calibrate.target_l0 is not None:
         calibration.check(cfg)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
     return datamodule, make_model(cfg)
 
 
@@ -47,6 +48,8 @@ def fit(cfg: DictConfig) -> pl.Trainer:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
     try:
         datamodule, model = build(cfg)
     except CONFIG_ERRORS as error:

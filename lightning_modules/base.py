@@ -37,8 +37,9 @@ class SparseCoder(pl.LightningModule):
 
     def sparsity_scale(self) -> float:
         """Sparsity terms ramp linearly from 0 over the first ``sparsity_warmup`` of the steps."""
-        warmup_steps = self.sparsity_warmup * self.trainer.estimated_stepping_batches
-        return min(1.0, self.global_step / warmup_steps) if warmup_steps > 0 else 1.0
+        if not self.sparsity_warmup:
+            return 1.0
+        return min(1.0, self.global_step / (self.sparsity_warmup * self.trainer.estimated_stepping_batches))
 
     def training_step(self, batch, batch_idx):
         terms = self.loss(self(batch[0]), sparsity_scale=self.sparsity_scale())
