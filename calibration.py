@@ -8,7 +8,6 @@ import logging
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
@@ -42,11 +41,9 @@ def with_lambda(cfg: DictConfig, lam: float) -> DictConfig:
     return cfg
 
 
-@torch.no_grad()
 def validation_l0(model, datamodule) -> float:
     model.eval()
-    active = sum(float((model.encode(x.to(model.device))[1] > 0).sum()) for x, *_ in datamodule.val_dataloader())
-    return active / len(datamodule.splits["val"][0])
+    return float((model.codes(datamodule.splits["val"][0]) > 0).sum(1).double().mean())
 
 
 def short_run_l0(cfg: DictConfig, lam: float, datamodule) -> float:

@@ -25,9 +25,6 @@ class FinalEvaluation(pl.Callback):
         if self.initial_state is None:  # on resume, the checkpoint restored it before this hook
             self.initial_state = copy.deepcopy(pl_module.state_dict())
 
-    def _codes(self, pl_module, x: Tensor) -> Tensor:
-        return torch.cat([pl_module.encode(chunk.to(pl_module.device))[1] for chunk in x.split(self.chunk_size)])
-
     @torch.no_grad()
     def on_train_end(self, trainer, pl_module):
         # before teardown moves the model to the CPU, and before MetricsFile writes in on_fit_end
@@ -41,7 +38,7 @@ class FinalEvaluation(pl.Callback):
             x_train, y_train = x_train[keep], y_train[keep]
         x_train, x_test = x_train.to(pl_module.device), x_test.to(pl_module.device)
         y_train, y_test = y_train.to(pl_module.device), y_test.to(pl_module.device)
-        a_train, a_test = self._codes(pl_module, x_train), self._codes(pl_module, x_test)
+        a_train, a_test = pl_module.codes(x_train, self.chunk_size), pl_module.codes(x_test, self.chunk_size)
 
         values = {"l0_test": float((a_test > 0).sum(1).double().mean())}
         if hasattr(pl_module, "decode"):
@@ -56,7 +53,8 @@ class FinalEvaluation(pl.Callback):
             trained = copy.deepcopy(pl_module.state_dict())
             pl_module.load_state_dict(self.initial_state)
             try:
-                init_train, init_test = self._codes(pl_module, x_train), self._codes(pl_module, x_test)
+                init_train = pl_module.codes(x_train, self.chunk_size)
+                init_test = pl_module.codes(x_test, self.chunk_size)
             finally:  # the trained weights go back even if encoding fails
                 pl_module.load_state_dict(trained)
             values["probe_acc_init"] = probe_accuracy(init_train, y_train, init_test, y_test)

@@ -39,16 +39,13 @@ class LogitFidelity(pl.Callback):
     def __init__(self, output_dir: str, summary: dict | None = None):
         self.output_dir, self.summary = Path(output_dir), dict(summary or {})
 
-    def _codes(self, pl_module, x: Tensor) -> Tensor:
-        return torch.cat([pl_module.encode(chunk.to(pl_module.device))[1] for chunk in x.split(4096)])
-
     @torch.no_grad()
     def on_train_end(self, trainer, pl_module):
         if trainer.global_rank != 0:
             return
         datamodule, was_training = trainer.datamodule, pl_module.training
         pl_module.eval()
-        codes = {name: self._codes(pl_module, x) for name, (x, _) in datamodule.splits.items()}
+        codes = {name: pl_module.codes(x) for name, (x, _) in datamodule.splits.items()}
         if hasattr(pl_module, "decode"):
             decode = pl_module.decode
         else:  # the decoder-free encoder: W^T with an offset and a gain fitted on train

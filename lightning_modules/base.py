@@ -32,6 +32,11 @@ class SparseCoder(pl.LightningModule):
     def feature_directions(self) -> Tensor:
         raise NotImplementedError
 
+    @torch.no_grad()
+    def codes(self, x: Tensor, chunk_size: int = 4096) -> Tensor:
+        """The code of every row of x, in chunks on the model's device."""
+        return torch.cat([self.encode(chunk.to(self.device))[1] for chunk in x.split(chunk_size)])
+
     def normalize_weights(self) -> None:
         """Constraints re-imposed after every optimiser step (unit-norm rows or columns)."""
 
