@@ -92,3 +92,14 @@ def test_non_finite_loss_stops_with_the_step_and_term(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert "non-finite loss at step 0" in last and "'lse'" in last
     assert read_metrics(tmp_path)["status"].startswith("failed: non-finite loss")
+
+
+def test_a_run_resumes_from_its_last_checkpoint(tmp_path):
+    first, resumed = tmp_path / "first", tmp_path / "resumed"
+    run_cli("train.py", *QUICK, "callbacks.final_evaluation.probe=false", f"hydra.run.dir={first}")
+    steps_per_epoch = read_metrics(first)["global_step"]
+    run_cli("train.py", *QUICK, "callbacks.final_evaluation.probe=false", "trainer.max_epochs=2",
+            f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={resumed}")
+    metrics = read_metrics(resumed)
+    assert metrics["global_step"] == 2 * steps_per_epoch and metrics["epoch"] == 2
+    assert metrics["status"] == "finished"
