@@ -45,8 +45,6 @@ def make_model(cfg: DictConfig):
 
 def fit(cfg: DictConfig) -> pl.Trainer:
     run_dir = Path(cfg.paths.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
@@ -60,6 +58,8 @@ def fit(cfg: DictConfig) -> pl.Trainer:
         cfg = calibration.with_lambda(cfg, calibrated["lambda"])
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         model = make_model(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # with the calibrated λ
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True) | {"calibration": calibrated})
