@@ -36,7 +36,8 @@ def figure_2(groups: dict[str, list]):
         ax.axis("off")
     for ax, metric in zip(axes[1], BARS):
         stats = [mean_std([run.metrics[metric] for run in runs]) for runs in groups.values()]
-        ax.bar(list(groups), [m for m, _ in stats], yerr=[s for _, s in stats], capsize=3, color="tab:blue")
+        bars = ax.bar(list(groups), [m for m, _ in stats], yerr=[s for _, s in stats], capsize=3, color="tab:blue")
+        ax.bar_label(bars, fmt="%.3g", fontsize=7)
         ax.set_title(metric, fontsize=9)
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     figure.suptitle("Ablation of the loss terms (bars: mean ± std over seeds)", fontsize=10)

@@ -74,7 +74,8 @@ def figure_3(groups: dict, encoder_l0: float | None, at_encoder_l0: dict, baseli
     names = list(at_encoder_l0)
     for ax, metric in ((probe, "probe_acc"), (params, "params")):
         stats = [mean_std(column(at_encoder_l0[name], metric)) for name in names]
-        ax.bar(names, [m for m, _ in stats], yerr=[s for _, s in stats], capsize=3, color="tab:blue")
+        bars = ax.bar(names, [m for m, _ in stats], yerr=[s for _, s in stats], capsize=3, color="tab:blue")
+        ax.bar_label(bars, fmt="%.3g", fontsize=7)
         ax.tick_params(axis="x", labelrotation=30, labelsize=7)
         ax.set_title(f"{metric} at the encoder's L0", fontsize=10)
     probe.axhline(baselines["probe_acc_raw"], color="black", ls="--", lw=1, label="raw-input probe")
