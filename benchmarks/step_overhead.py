@@ -13,6 +13,8 @@ seconds, as "fixed".
 The variants run interleaved, ROUNDS times; each row is the median over rounds of its time divided
 by the bare loop's time in the same round. 1.00x means no overhead, 2.00x twice the bare step time.
 Machines are noisy: trust the ratios, not the milliseconds, and compare ratios only run against run.
+Torch's intra-op threads use every core and slow down many times over when another process shares
+them, so the header prints the load average from before the run: well above 0, rerun when quiet.
 """
 import logging
 import os
@@ -33,7 +35,7 @@ from lightning_modules.losses import CompositeLoss
 
 STEPS = 200  # per fit; at most 215, one MNIST epoch at batch 256 (max_epochs=1)
 WARMUP = 20  # first steps of each fit, not timed
-ROUNDS = 3
+ROUNDS = 5
 BATCH = 256
 
 logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
@@ -108,6 +110,7 @@ VARIANTS = {
 }
 
 if __name__ == "__main__":
+    load = os.getloadavg()[0]  # before this run adds its own
     dm = MNISTDataModule(input_dim=784, batch_size=BATCH, eval_batch_size=5000, seed=0)
     dm.setup("fit")
     for run in VARIANTS.values():  # warm-up: lazy imports, allocator, first-call dispatch
@@ -119,7 +122,7 @@ if __name__ == "__main__":
     reference = [window for window, _ in times[next(iter(VARIANTS))]]
     print(f"torch {torch.__version__}, lightning {pl.__version__}, {torch.get_num_threads()} threads, "
           f"{STEPS - WARMUP} timed steps x {ROUNDS} rounds, median over rounds; load average "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (higher than the cores: rerun on a quiet machine)")
+          f"{load:.1f} on {os.cpu_count()} cores before the run")
     print(f"{'variant':44s} {'ratio':>7s} {'ms/step':>8s} {'fixed s':>8s}")
     for name, runs in times.items():
         ratio = statistics.median(window / ref for (window, _), ref in zip(runs, reference))
