@@ -46,6 +46,7 @@ def test_jumprelu_forward_is_hard_gated_and_theta_learns_through_the_surrogate()
 
 
 def test_topk_keeps_exactly_k_nonzeros():
+    torch.manual_seed(0)  # an initialisation where every example has at least k positive pre-activations
     model = TopKSAE(10, 24, CompositeLoss({"mse": 1.0, "auxk": 1 / 32}), k=5)
     z, a = model.encode(batch(n=64))
     assert ((z > 0).sum(dim=1) >= 5).all()  # enough positive pre-activations for the claim to apply
