@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from omegaconf import DictConfig
 
-from analysis.plots import save_figure, show_matrix
+from analysis.plots import publish, show_matrix
 from analysis.runs import load_runs, markdown_table, mean_std
 
 ORDER = ["lse", "lse_var", "lse_var_tc", "var_tc"]
@@ -48,12 +48,9 @@ def figure_2(groups: dict[str, list]):
 @hydra.main(version_base="1.3", config_path="../conf", config_name="analysis")
 def main(cfg: DictConfig) -> None:
     groups = group_by_loss(load_runs(cfg.dir))
-    out = Path(cfg.dir) / "analysis"
-    for path in save_figure(figure_2(groups), out / "figure2_ablation"):
-        print(f"wrote {path}")
     table = markdown_table({name: [run.metrics for run in runs] for name, runs in groups.items()}, TABLE)
-    (out / "ablation.md").write_text("# Ablation (validation set; mean ± std over seeds)\n\n" + table)
-    print(table)
+    publish(Path(cfg.dir) / "analysis", figure_2(groups), "figure2_ablation",
+            "# Ablation (validation set; mean ± std over seeds)\n\n" + table, "ablation.md")
 
 
 if __name__ == "__main__":

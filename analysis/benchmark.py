@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from analysis.linear_fits import pca_fvu, probe_accuracy
-from analysis.plots import save_figure
+from analysis.plots import publish
 from analysis.runs import format_mean_std, load_runs, markdown_table, mean_std
 
 COLUMNS = ["l0", "fvu", "explained_variance", "fvu_affine", "mse", "probe_acc", "params", "dead_fraction",
@@ -100,9 +100,6 @@ def main(cfg: DictConfig) -> None:
     at_encoder_l0 = {name: nearest_l0(groups, name, encoder_l0)[1] for name in names} if encoder_l0 is not None \
         else {}
 
-    out = Path(cfg.dir) / "analysis"
-    for path in save_figure(figure_3(groups, encoder_l0, at_encoder_l0, baselines), out / "figure3_benchmark"):
-        print(f"wrote {path}")
     rows = {f"{name} (sparsity {knob:g})": [run.metrics for run in group] for (name, knob), group in groups.items()}
     baseline_rows = [
         "| baseline | FVU | probe_acc |", "|---|---|---|",
@@ -117,8 +114,8 @@ def main(cfg: DictConfig) -> None:
     text = ("# Benchmark (test set; mean ± std over seeds)\n\n## All runs\n\n" + markdown_table(rows, COLUMNS)
             + "\n## Baselines\n\n" + "\n".join(baseline_rows) + "\n"
             + "\n## Tied and untied SAEs at the encoder's L0\n\n" + markdown_table(nearest, COLUMNS))
-    (out / "benchmark.md").write_text(text)
-    print(text)
+    publish(Path(cfg.dir) / "analysis", figure_3(groups, encoder_l0, at_encoder_l0, baselines), "figure3_benchmark",
+            text, "benchmark.md")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import hydra
 import matplotlib.pyplot as plt
 from omegaconf import DictConfig
 
-from analysis.plots import save_figure
+from analysis.plots import publish
 from analysis.runs import Run, load_runs
 
 COLUMNS = ["val/ce", "val/acc", "test/ce", "test/acc"]
@@ -61,12 +61,8 @@ def ce_vs_lr(runs: list[Run]):
 @hydra.main(version_base="1.3", config_path="../conf", config_name="analysis")
 def main(cfg: DictConfig) -> None:
     runs = ranked(load_runs(cfg.dir))
-    out = Path(cfg.dir) / "analysis"
-    for path in save_figure(ce_vs_lr(runs), out / "classifier_ce_vs_lr"):
-        print(f"wrote {path}")
-    table = top_table(runs[:3])
-    (out / "classifier_top3.md").write_text("# MNIST classifier: top 3 by validation CE\n\n" + table)
-    print(table)
+    publish(Path(cfg.dir) / "analysis", ce_vs_lr(runs), "classifier_ce_vs_lr",
+            "# MNIST classifier: top 3 by validation CE\n\n" + top_table(runs[:3]), "classifier_top3.md")
     print(f"best checkpoint: {checkpoint(runs[0])}")
 
 

@@ -41,3 +41,11 @@ def save_figure(figure, stem: Path) -> list[Path]:
         figure.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(figure)
     return paths
+
+
+def publish(out_dir: Path, figure, stem: str, markdown: str, name: str) -> None:
+    """An analysis command's output: its figure (PDF + PNG) and its Markdown, both also announced."""
+    for path in save_figure(figure, out_dir / stem):
+        print(f"wrote {path}")
+    (out_dir / name).write_text(markdown)
+    print(markdown)
