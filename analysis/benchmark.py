@@ -108,14 +108,15 @@ def main(cfg: DictConfig) -> None:
         f"| raw-input probe | – | {baselines['probe_acc_raw']:.4g} |",
     ]
     if encoder_runs:
-        baseline_rows.append(f"| random-init encoder | – | {format_mean_std(column(encoder_runs, 'probe_acc_init'))} |")
+        init_probe = format_mean_std(column(encoder_runs, "probe_acc_init"))
+        baseline_rows.append(f"| random-init encoder | – | {init_probe} |")
     nearest = {f"{name} (nearest L0 {encoder_l0:.3g})": [run.metrics for run in group]
                for name, group in at_encoder_l0.items() if name.startswith("sae")}
     text = ("# Benchmark (test set; mean ± std over seeds)\n\n## All runs\n\n" + markdown_table(rows, COLUMNS)
             + "\n## Baselines\n\n" + "\n".join(baseline_rows) + "\n"
             + "\n## Tied and untied SAEs at the encoder's L0\n\n" + markdown_table(nearest, COLUMNS))
-    publish(Path(cfg.dir) / "analysis", figure_3(groups, encoder_l0, at_encoder_l0, baselines), "figure3_benchmark",
-            text, "benchmark.md")
+    figure = figure_3(groups, encoder_l0, at_encoder_l0, baselines)
+    publish(Path(cfg.dir) / "analysis", figure, "figure3_benchmark", text, "benchmark.md")
 
 
 if __name__ == "__main__":

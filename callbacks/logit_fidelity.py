@@ -28,7 +28,8 @@ def markdown(summary: dict) -> str:
     lines += [f"| {name} | {s['acc']:.4f} | {s['acc_recon']:.4f} | {s['delta_acc']:+.4f} | {s['ce']:.4f} | "
               f"{s['ce_recon']:.4f} | {s['delta_ce']:+.4f} |" for name, s in splits.items()]
     lines += ["", "## MSE", "", "| split | MSE normalised | MSE raw | L0 |", "|---|---|---|---|"]
-    lines += [f"| {name} | {s['mse_normalized']:.5g} | {s['mse_raw']:.5g} | {s['l0']:.3f} |" for name, s in splits.items()]
+    lines += [f"| {name} | {s['mse_normalized']:.5g} | {s['mse_raw']:.5g} | {s['l0']:.3f} |"
+              for name, s in splits.items()]
     per_example = summary["val_mse_per_example"]
     lines += ["", "## Per-example validation MSE (normalised)", "", "| " + " | ".join(per_example) + " |",
               "|---" * len(per_example) + "|", "| " + " | ".join(f"{v:.5g}" for v in per_example.values()) + " |"]
