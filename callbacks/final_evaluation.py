@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from analysis.linear_fits import affine_fvu, fvu, implicit_decoder_fits, probe_accuracy
+from callbacks.metrics_file import report
 
 
 class FinalEvaluation(pl.Callback):
@@ -60,6 +61,4 @@ class FinalEvaluation(pl.Callback):
             values["probe_acc_init"] = probe_accuracy(init_train, y_train, init_test, y_test)
         pl_module.train(was_training)
 
-        trainer.callback_metrics.update({name: torch.tensor(value) for name, value in values.items()})
-        for logger in trainer.loggers:
-            logger.log_metrics(values, step=trainer.global_step)
+        report(trainer, values)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from analysis.linear_fits import fit_implicit_decoder
+from callbacks.metrics_file import report
 
 
 def fidelity(logits: Tensor, reconstructed: Tensor, labels: Tensor) -> dict[str, float]:
@@ -75,6 +76,4 @@ class LogitFidelity(pl.Callback):
         (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         (self.output_dir / "BEST_RESULTS.md").write_text(markdown(summary))
         flat = {f"fidelity/{split}_{key}": value for split, row in splits.items() for key, value in row.items()}
-        trainer.callback_metrics.update({key: torch.tensor(value) for key, value in flat.items()})
-        for logger in trainer.loggers:
-            logger.log_metrics(flat, step=trainer.global_step)
+        report(trainer, flat)

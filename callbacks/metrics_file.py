@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 
 
 def write_json(path: Path, payload: dict) -> None:
@@ -13,6 +14,14 @@ def write_json(path: Path, payload: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
     os.replace(tmp, path)
+
+
+def report(trainer, values: dict[str, float]) -> None:
+    """Values measured at the end of training: into callback_metrics (which MetricsFile writes in
+    on_fit_end) and to every logger."""
+    trainer.callback_metrics.update({name: torch.tensor(value) for name, value in values.items()})
+    for logger in trainer.loggers:
+        logger.log_metrics(values, step=trainer.global_step)
 
 
 class MetricsFile(pl.Callback):
