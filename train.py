@@ -16,8 +16,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import calibration
+from activations.language_model import hidden_size
 from callbacks.metrics_file import MetricsFile
 from lightning_modules.base import NonFiniteLossError
+
+OmegaConf.register_new_resolver("lm_hidden_size", hidden_size, use_cache=True)
 
 CONFIG_ERRORS = (ValueError, FileNotFoundError, InstantiationException)
 

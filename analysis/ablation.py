@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from omegaconf import DictConfig
 
-from analysis.plots import publish, show_matrix
+from evaluation.plots import publish, show_matrix
 from analysis.runs import load_runs, markdown_table, mean_std
 
 ORDER = ["lse", "lse_var", "lse_var_tc", "var_tc"]

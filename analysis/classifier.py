@@ -11,7 +11,7 @@ import hydra
 import matplotlib.pyplot as plt
 from omegaconf import DictConfig
 
-from analysis.plots import publish
+from evaluation.plots import publish
 from analysis.runs import Run, load_runs
 
 COLUMNS = ["val/ce", "val/acc", "test/ce", "test/acc"]

@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from analysis.plots import save_figure
+from evaluation.plots import save_figure
 from lightning_modules.losses import CompositeLoss
 
 

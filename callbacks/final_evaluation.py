@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from analysis.linear_fits import affine_fvu, fvu, implicit_decoder_fits, probe_accuracy
+from evaluation.linear_fits import affine_fvu, fvu, implicit_decoder_fits, probe_accuracy
 from callbacks.metrics_file import report
 
 
@@ -44,7 +44,8 @@ class FinalEvaluation(pl.Callback):
         values = {"l0_test": float((a_test > 0).sum(1).double().mean())}
         if hasattr(pl_module, "decode"):
             x_hat = torch.cat([pl_module.decode(chunk) for chunk in a_test.split(self.chunk_size)])
-            unexplained = fvu(x_test, x_hat, x_train.mean(0))
+            train_mean = getattr(trainer.datamodule, "train_mean", None)  # the whole split's, where known
+            unexplained = fvu(x_test, x_hat, x_train.mean(0) if train_mean is None else train_mean.to(x_hat))
             values.update(mse=float((x_test - x_hat).double().square().mean()), fvu=unexplained,
                           explained_variance=1 - unexplained, fvu_affine=affine_fvu(a_train, x_train, a_test, x_test))
         else:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from analysis.linear_fits import fit_implicit_decoder
+from evaluation.linear_fits import reconstructor
 from callbacks.metrics_file import report
 
 
@@ -48,11 +48,7 @@ class LogitFidelity(pl.Callback):
         datamodule, was_training = trainer.datamodule, pl_module.training
         pl_module.eval()
         codes = {name: pl_module.codes(x) for name, (x, _) in datamodule.splits.items()}
-        if hasattr(pl_module, "decode"):
-            decode = pl_module.decode
-        else:  # the decoder-free encoder: W^T with an offset and a gain fitted on train
-            x_train = datamodule.splits["train"][0].to(pl_module.device)
-            decode = fit_implicit_decoder(codes["train"], x_train, pl_module.feature_directions())[0]
+        decode = reconstructor(pl_module, codes["train"], datamodule.splits["train"][0])
         splits, per_example = {}, None
         for name, (x, labels) in datamodule.splits.items():
             x, labels = x.to(pl_module.device), labels.to(pl_module.device)

@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import WandbLogger
 
-from analysis.plots import save_figure, unit_figures
+from evaluation.plots import save_figure, unit_figures
 from callbacks.unit_statistics import UnitStatistics
 
 

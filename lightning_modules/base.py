@@ -25,8 +25,17 @@ class SparseCoder(pl.LightningModule):
         loss.check_outputs(self.provides, type(self).__name__)
         self.loss = loss
         self.lr, self.sparsity_warmup, self.lr_decay = lr, sparsity_warmup, lr_decay
+        # inputs are multiplied by this inside the model, so that every public method takes raw data and
+        # a checkpoint carries its scaling (LM activations: sqrt(d) / E||x||); losses see scaled data
+        self.register_buffer("input_scale", torch.ones(()))
+
+    def setup(self, stage: str) -> None:
+        scale = getattr(self.trainer.datamodule, "input_scale", None)
+        if scale is not None:
+            self.input_scale.fill_(scale)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Pre-activations and code of raw inputs x."""
         raise NotImplementedError
 
     def feature_directions(self) -> Tensor:
@@ -35,7 +44,7 @@ class SparseCoder(pl.LightningModule):
     @torch.no_grad()
     def codes(self, x: Tensor, chunk_size: int = 4096) -> Tensor:
         """The code of every row of x, in chunks on the model's device."""
-        return torch.cat([self.encode(chunk.to(self.device))[1] for chunk in x.split(chunk_size)])
+        return torch.cat([self.encode(chunk.to(self.device, self.dtype))[1] for chunk in x.split(chunk_size)])
 
     def normalize_weights(self) -> None:
         """Constraints re-imposed after every optimiser step (unit-norm rows or columns)."""

@@ -34,12 +34,12 @@ class DecoderFreeEncoder(SparseCoder):
         self.normalize_weights()
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        z = self.linear(x)
+        z = self.linear(x * self.input_scale)
         return z, self.activation(z)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         z, a = self.encode(x)
-        return {"x": x, "z": z, "a": a}
+        return {"x": x * self.input_scale, "z": z, "a": a}
 
     def feature_directions(self) -> Tensor:
         return self.linear.weight

@@ -35,15 +35,24 @@ class SparseAutoencoder(SparseCoder):
     def activate(self, z: Tensor) -> Tensor:
         return F.relu(z)
 
+    def preactivation(self, x: Tensor) -> Tensor:
+        return self.encoder(x * self.input_scale - self.b_dec)
+
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        z = self.encoder(x - self.b_dec)
+        z = self.preactivation(x)
         return z, self.activate(z)
 
     def decode(self, a: Tensor) -> Tensor:
+        """The reconstruction in the raw data's units."""
+        return self.decode_scaled(a) / self.input_scale
+
+    def decode_scaled(self, a: Tensor) -> Tensor:
         return a @ self.decoder_weight().T + self.b_dec
 
     def reconstruction(self, x: Tensor, z: Tensor, a: Tensor) -> dict[str, Tensor]:
-        return {"x": x, "z": z, "a": a, "x_hat": self.decode(a), "decoder_norms": self.decoder_weight().norm(dim=0)}
+        """What the loss terms read, in the scaled space the model trains in."""
+        return {"x": x * self.input_scale, "z": z, "a": a, "x_hat": self.decode_scaled(a),
+                "decoder_norms": self.decoder_weight().norm(dim=0)}
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return self.reconstruction(x, *self.encode(x))
@@ -80,7 +89,7 @@ class JumpReLUSAE(SparseAutoencoder):
         return z * self.gate(z)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        z = self.encoder(x - self.b_dec)
+        z = self.preactivation(x)
         gate = self.gate(z)
         return self.reconstruction(x, z, z * gate) | {"gate": gate}
 

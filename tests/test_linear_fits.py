@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from analysis.linear_fits import fvu, implicit_decoder_fits, pca_fvu, probe_accuracy
+from evaluation.linear_fits import fvu, implicit_decoder_fits, pca_fvu, probe_accuracy
 
 
 def test_fvu_is_zero_for_a_perfect_reconstruction_and_uses_the_given_mean():

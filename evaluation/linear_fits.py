@@ -43,6 +43,13 @@ def fit_implicit_decoder(a_train: Tensor, x_train: Tensor, W: Tensor) -> tuple[C
     return (lambda a: x_mean + alpha * (a.double() @ W - p_mean)), alpha
 
 
+def reconstructor(model, a_train: Tensor, x_train: Tensor) -> Callable[[Tensor], Tensor]:
+    """Codes -> reconstructions: the model's decoder, or for the decoder-free encoder its implicit one."""
+    if hasattr(model, "decode"):
+        return model.decode
+    return fit_implicit_decoder(a_train, x_train.to(a_train.device), model.feature_directions())[0]
+
+
 def implicit_decoder_fits(a_train: Tensor, x_train: Tensor, a_test: Tensor, x_test: Tensor,
                           W: Tensor) -> dict[str, float]:
     """Test scores of ``fit_implicit_decoder``; the raw ``mse_raw`` of a @ W is only a diagnostic, and

@@ -1,0 +1,234 @@
+"""A language model's activations at one layer and site, as data.
+
+Harvested once into the on-disk cache (``cache: true``, the default) and read back through shuffled
+shard windows, never loaded whole; or (``cache: false``) harvested on the fly every epoch through a
+mixing buffer. Val and test tokens, and a fixed sample of train tokens for the read-outs fitted at
+the end, are held in memory as ``splits``, like the other datamodules'.
+"""
+import logging
+import math
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from activations import language_model
+from activations.cache import ActivationCache
+from activations.corpus import SPLITS, fingerprint, read_documents, split_documents, tokenize
+from activations.harvest import activation_batches, harvest
+from datamodules.tensor_batches import TensorBatches
+
+log = logging.getLogger(__name__)
+SITES_HELP = "resid, attn, mlp or a submodule path"
+
+
+class ShardBatches:
+    """Shuffled batches from memory-mapped shards: the shard order is shuffled each epoch and the rows
+    of ``window`` shards at a time are loaded and permuted (a cache larger than RAM works)."""
+
+    def __init__(self, shards: list[np.ndarray], tokens: np.ndarray, batch_size: int, window: int, seed: int,
+                 rank: int = 0, world_size: int = 1):
+        self.shards, self.tokens, self.batch_size, self.window = shards, tokens, batch_size, window
+        self.offsets = np.cumsum([0] + [len(s) for s in shards])
+        self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
+
+    def __len__(self) -> int:
+        return math.ceil(self.offsets[-1] / self.world_size / self.batch_size)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        order = torch.randperm(len(self.shards), generator=generator).tolist()
+        rest_x, rest_t = torch.empty(0, self.shards[0].shape[1]), torch.empty(0, dtype=torch.long)
+        for start in range(0, len(order), self.window):
+            picked = order[start:start + self.window]
+            x = torch.cat([rest_x] + [torch.from_numpy(np.array(self.shards[i], dtype=np.float32)) for i in picked])
+            t = torch.cat([rest_t] + [torch.from_numpy(self.tokens[self.offsets[i]:self.offsets[i + 1]]).long()
+                                      for i in picked])
+            index = torch.randperm(len(x), generator=generator)[self.rank::self.world_size]
+            last_window = start + self.window >= len(order)
+            full = len(index) if last_window else len(index) // self.batch_size * self.batch_size
+            for begin in range(0, full, self.batch_size):
+                chunk = index[begin:begin + self.batch_size]
+                yield x[chunk], t[chunk]
+            # rows short of a batch join the next window (this rank's only; the others keep theirs)
+            rest_x, rest_t = x[index[full:]], t[index[full:]]
+
+
+class MixingBuffer:
+    """Activations harvested on the fly: a buffer of ``size`` tokens is shuffled, its first half served
+    as batches and its second half kept to mix with the next fill (SAELens's mixing buffer)."""
+
+    def __init__(self, datamodule: "ActivationDataModule", size: int, seed: int):
+        self.dm, self.size, self.seed, self.epoch = datamodule, size, seed, 0
+
+    def __len__(self) -> int:
+        return math.ceil(self.dm.sequences["train"].tokens / self.dm.batch_size)
+
+    def __iter__(self):
+        dm, generator = self.dm, torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        buffer_x, buffer_t = [], []
+        batches = activation_batches(dm.lm, dm.modules, dm.sequences["train"], dm.harvest_batch_size)
+        for end, ids, captured in batches:
+            buffer_x.append(captured[dm.layer])
+            buffer_t.append(ids)
+            if sum(len(b) for b in buffer_t) < self.size and end < len(dm.sequences["train"]):
+                continue
+            x, t = torch.cat(buffer_x), torch.cat(buffer_t)
+            index = torch.randperm(len(x), generator=generator)
+            last = end == len(dm.sequences["train"])
+            serve = index if last else index[:len(index) // 2 // dm.batch_size * dm.batch_size]
+            for begin in range(0, len(serve), dm.batch_size):
+                chunk = serve[begin:begin + dm.batch_size]
+                yield x[chunk], t[chunk]
+            kept = index[len(serve):]
+            buffer_x, buffer_t = [x[kept]], [t[kept]]
+
+
+class ActivationDataModule(pl.LightningDataModule):
+    def __init__(self, model: str, layer: int, input_dim: int, layers: list[int] | None = None, site: str = "resid",
+                 corpus: str = "pydocs", text_field: str = "text", context_length: int = 128,
+                 keep_special_tokens: bool = False, split_fractions: dict | None = None, split_seed: int = 0,
+                 max_tokens: dict | None = None, cache: bool = True, cache_dir: str = "cache/activations",
+                 dtype: str = "float16", model_dtype: str = "float32", device: str = "cpu",
+                 harvest_batch_size: int = 32, shard_tokens: int = 65536, shuffle_window: int = 4,
+                 mixing_buffer: int = 262144, scale_inputs: bool = False, readout_tokens: int = 20000,
+                 batch_size: int = 4096, eval_batch_size: int = 4096, seed: int = 0, progress: bool = True):
+        super().__init__()
+        self.layers = sorted(set(layers or [layer]) | {layer})
+        self.fractions = dict(split_fractions or {"train": 0.9, "val": 0.05, "test": 0.05})
+        self.max_tokens = {split: (max_tokens or {}).get(split) for split in SPLITS}
+        checks = [
+            (batch_size > 0 and eval_batch_size > 0, f"data.batch_size must be > 0, got {batch_size}"),
+            (dtype in ("float16", "float32"), f"data.dtype must be float16 or float32, got {dtype}"),
+            (context_length > 1, f"data.context_length must be > 1, got {context_length}"),
+            (harvest_batch_size > 0 and shard_tokens > 0 and shuffle_window > 0 and mixing_buffer > 0,
+             "data.harvest_batch_size, shard_tokens, shuffle_window and mixing_buffer must be > 0"),
+            (abs(sum(self.fractions.values()) - 1) < 1e-9 and all(f > 0 for f in self.fractions.values()),
+             f"data.split_fractions must be positive and sum to 1, got {self.fractions}"),
+            (all(n is None or n > 0 for n in self.max_tokens.values()),
+             f"data.max_tokens must be > 0 or null, got {self.max_tokens}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        self.config = language_model.load_config(model)  # an unknown model fails here, in one line
+        width = int(self.config.hidden_size)
+        if site in ("resid", "attn", "mlp") and input_dim != width:
+            raise ValueError(f"data.input_dim={input_dim}, but {model} has width {width}")
+        n_layers = self.config.num_hidden_layers
+        if not all(0 <= layer < n_layers for layer in self.layers):
+            raise ValueError(f"data.layer(s) {self.layers} outside the model: {model} has layers 0..{n_layers - 1}")
+        fingerprint(corpus, text_field)  # a missing corpus fails here
+        self.model_name, self.layer, self.input_dim, self.site = model, layer, input_dim, site
+        self.corpus, self.text_field, self.context_length = corpus, text_field, context_length
+        self.keep_special_tokens, self.split_seed = keep_special_tokens, split_seed
+        self.use_cache, self.cache_dir, self.dtype, self.model_dtype, self.device = cache, cache_dir, dtype, \
+            model_dtype, device
+        self.harvest_batch_size, self.shard_tokens, self.shuffle_window = harvest_batch_size, shard_tokens, \
+            shuffle_window
+        self.mixing_buffer, self.scale_inputs, self.readout_tokens = mixing_buffer, scale_inputs, readout_tokens
+        self.batch_size, self.eval_batch_size, self.seed, self.progress = batch_size, eval_batch_size, seed, progress
+        self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+        self.input_scale: float | None = None
+        self.train_mean: Tensor | None = None
+
+    def cache_key(self) -> dict:
+        return {"model": self.model_name, "layers": self.layers, "site": self.site,
+                "corpus": fingerprint(self.corpus, self.text_field), "context_length": self.context_length,
+                "keep_special_tokens": self.keep_special_tokens, "split_fractions": self.fractions,
+                "split_seed": self.split_seed, "max_tokens": self.max_tokens, "dtype": self.dtype,
+                "model_dtype": self.model_dtype}
+
+    def load_lm(self) -> None:
+        """The model, its hooked modules and the tokenised splits (also what downstream fidelity needs)."""
+        if hasattr(self, "lm"):
+            return
+        self.lm, self.tokenizer = language_model.load(self.model_name, self.model_dtype, self.device)
+        self.modules = language_model.site_module_names(self.lm, self.layers, self.site)
+        texts = split_documents(read_documents(self.corpus, self.text_field), self.fractions,
+                                       self.split_seed)
+        self.sequences = {split: tokenize(texts[split], self.tokenizer, self.context_length,
+                                                 self.keep_special_tokens, self.max_tokens[split])
+                          for split in SPLITS}
+        empty = [split for split, seqs in self.sequences.items() if seqs.tokens == 0]
+        if empty:
+            raise ValueError(f"data.corpus={self.corpus} gives no tokens to harvest in split(s) {empty}")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        if self.use_cache:
+            self.setup_from_cache()
+        else:
+            self.setup_streaming()
+        width = self.splits["val"][0].shape[1]
+        if width != self.input_dim:
+            raise ValueError(f"data.input_dim={self.input_dim}, but site {self.site} of {self.model_name} "
+                             f"has width {width}")
+
+    def setup_from_cache(self) -> None:
+        cache = ActivationCache(self.cache_dir, self.cache_key())
+        manifest = cache.manifest()
+        if manifest and all(state["complete"] for state in manifest["splits"].values()):
+            log.info(f"activation cache: reusing {cache.dir}")
+        else:
+            self.load_lm()
+            manifest = harvest(cache, self.lm, self.modules, self.sequences, self.input_dim,
+                               self.harvest_batch_size, self.shard_tokens, self.progress)
+            log.info(f"activation cache: harvested into {cache.dir}")
+        shards = {split: cache.open(manifest, split, self.layer) for split in SPLITS}
+        tokens = {split: cache.tokens(manifest, split) for split in shards}
+        self.train_shards, self.train_tokens = shards["train"], tokens["train"]
+        total, norm_sum, rows = cache.statistics(manifest, "train", self.layer)
+        self.set_train_statistics(torch.from_numpy(total / rows).float(), norm_sum / rows)
+        for split in ("val", "test"):
+            x = torch.from_numpy(np.concatenate(shards[split])).float()
+            self.splits[split] = (x, torch.from_numpy(tokens[split]).long())
+        # a fixed random sample of train tokens for the read-outs, gathered shard by shard
+        sample = torch.randperm(len(self.train_tokens), generator=torch.Generator().manual_seed(0))
+        sample = sample[:self.readout_tokens].sort().values.numpy()
+        offsets = np.cumsum([0] + [len(shard) for shard in self.train_shards])
+        rows = [shard[sample[(sample >= lo) & (sample < hi)] - lo]
+                for shard, lo, hi in zip(self.train_shards, offsets[:-1], offsets[1:])]
+        self.splits["train"] = (torch.from_numpy(np.concatenate(rows)).float(),
+                                torch.from_numpy(self.train_tokens[sample]).long())
+
+    def setup_streaming(self) -> None:
+        """No cache: val, test and a train sample are harvested into memory; train batches stream."""
+        self.load_lm()
+        for split in ("val", "test"):
+            parts = list(activation_batches(self.lm, self.modules, self.sequences[split], self.harvest_batch_size))
+            self.splits[split] = (torch.cat([p[2][self.layer] for p in parts]), torch.cat([p[1] for p in parts]))
+        train_sample = self.sequences["train"][:max(1, self.readout_tokens // self.context_length)]
+        parts = list(activation_batches(self.lm, self.modules, train_sample, self.harvest_batch_size))
+        x = torch.cat([p[2][self.layer] for p in parts])
+        self.splits["train"] = (x, torch.cat([p[1] for p in parts]))
+        self.set_train_statistics(x.double().mean(0).float(), float(x.double().norm(dim=1).mean()))
+
+    def set_train_statistics(self, mean: Tensor, mean_norm: float) -> None:
+        self.train_mean = mean
+        if self.scale_inputs:  # E||s x|| = sqrt(d) on train (SAELens's activation scaler)
+            self.input_scale = math.sqrt(self.input_dim) / mean_norm
+            log.info(f"input scaling: x * {self.input_scale:.4g} (E||x|| = {mean_norm:.4g} on train)")
+
+    def inverse(self, x: Tensor) -> Tensor:
+        return x
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+
+    def train_dataloader(self):
+        if not self.use_cache:
+            return MixingBuffer(self, self.mixing_buffer, self.seed)
+        return ShardBatches(self.train_shards, self.train_tokens, self.batch_size, self.shuffle_window, self.seed,
+                            *self._rank())
+
+    def val_dataloader(self):
+        return TensorBatches(self.splits["val"], self.eval_batch_size, False, self.seed, *self._rank())
+
+    def test_dataloader(self):
+        return TensorBatches(self.splits["test"], self.eval_batch_size, False, self.seed, *self._rank())
