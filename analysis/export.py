@@ -1,0 +1,102 @@
+"""A trained SAE in SAELens's on-disk format (``cfg.json`` + ``sae_weights.safetensors``), which
+``sae_lens.SAE.load_from_disk`` loads and SAEBench evaluates.
+
+    python -m analysis.export run=<run dir>
+
+SAELens computes z = (x - b_dec) W_enc + b_enc and x_hat = a W_dec + b_dec on raw activations. The
+run's input scaling s (the model trains on s x) is folded in: W_enc = s W_e^T, b_dec = b_d / s,
+W_dec = W_d^T / s. Decoder rows are then rescaled to unit norm, their norms moved into W_enc, b_enc
+and the JumpReLU threshold (exact, since relu and the threshold commute with positive scales; for
+TopK only when all norms are equal, which keeps the ranking). The decoder-free encoder has no
+decoder to export: its implicit one is fitted on data at evaluation.
+"""
+import json
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_modules.sae import JumpReLUSAE, SparseAutoencoder, TopKSAE
+
+SAELENS_FORMAT_VERSION = "6.0.0"  # the cfg.json layout of SAELens 6 (metadata nested)
+
+
+def saelens_tensors(model: SparseAutoencoder) -> dict[str, torch.Tensor]:
+    s = float(model.input_scale)
+    W_enc = s * model.encoder.weight.detach().T.double()  # [d_in, d_sae]
+    b_enc = model.encoder.bias.detach().double()
+    W_dec = model.decoder_weight().detach().T.double() / s  # [d_sae, d_in]
+    b_dec = model.b_dec.detach().double() / s
+    threshold = model.log_threshold.detach().exp().double() if isinstance(model, JumpReLUSAE) else None
+    norms = W_dec.norm(dim=1)
+    if not isinstance(model, TopKSAE) or torch.allclose(norms, norms.mean(), rtol=1e-5):
+        W_dec, W_enc, b_enc = W_dec / norms[:, None], W_enc * norms, b_enc * norms
+        threshold = None if threshold is None else threshold * norms
+    tensors = {"W_enc": W_enc, "W_dec": W_dec, "b_enc": b_enc, "b_dec": b_dec}
+    if threshold is not None:
+        tensors["threshold"] = threshold
+    return {name: t.float().contiguous() for name, t in tensors.items()}
+
+
+def saelens_config(model: SparseAutoencoder, cfg: dict, hook_name: str | None) -> dict:
+    architecture = "jumprelu" if isinstance(model, JumpReLUSAE) else "topk" if isinstance(model, TopKSAE) else "standard"
+    data = cfg["data"]
+    config = {"architecture": architecture, "d_in": model.hparams.input_dim, "d_sae": model.hparams.hidden_dim,
+              "dtype": "float32", "apply_b_dec_to_input": True, "normalize_activations": "none",
+              "metadata": {"sae_lens_version": SAELENS_FORMAT_VERSION, "model_name": data.get("model"),
+                           "hook_name": hook_name, "hook_layer": data.get("layer"),
+                           "context_size": data.get("context_length"), "dataset_path": data.get("corpus"),
+                           "exclude_special_tokens": not data.get("keep_special_tokens", True),
+                           "exported_from": "encoder-study"}}
+    if architecture == "topk":
+        config["k"] = model.k
+    return config
+
+
+def hooked_module(data: dict) -> str | None:
+    """The module the run's activations came from, found on a weightless copy of the model."""
+    if "layer" not in data or "site" not in data:
+        return None
+    from activations.language_model import is_causal, load_config, site_module_names
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    config = load_config(data["model"])
+    with torch.device("meta"):
+        skeleton = (AutoModelForCausalLM if is_causal(config) else AutoModel).from_config(config)
+    return site_module_names(skeleton, [data["layer"]], data["site"])[data["layer"]]
+
+
+def export(run_dir: Path, out: Path, checkpoint: str = "last.ckpt") -> Path:
+    config_file, ckpt = run_dir / "config_resolved.yaml", run_dir / "checkpoints" / checkpoint
+    for path in (config_file, ckpt):
+        if not path.is_file():
+            raise ValueError(f"{path} not found: is {run_dir} a training run folder?")
+    cfg = OmegaConf.load(config_file)
+    model = instantiate(cfg.model, loss=instantiate(cfg.loss))
+    if not isinstance(model, SparseAutoencoder):
+        raise ValueError(f"{type(model).__name__} has no decoder to export (only the SAE family exports)")
+    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(saelens_tensors(model), out / "sae_weights.safetensors")
+    config = saelens_config(model, OmegaConf.to_container(cfg), hooked_module(OmegaConf.to_container(cfg.data)))
+    (out / "cfg.json").write_text(json.dumps(config, indent=2))
+    return out
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+def main(cfg: DictConfig) -> None:
+    run_dir = Path(cfg.run)
+    try:
+        out = export(run_dir, Path(cfg.out) if cfg.out else run_dir / "saelens", cfg.checkpoint)
+    except ValueError as error:
+        sys.exit(f"error: {error}")
+    print(f"wrote {out / 'cfg.json'} and {out / 'sae_weights.safetensors'}")
+
+
+if __name__ == "__main__":
+    main()
