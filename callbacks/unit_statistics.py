@@ -9,6 +9,9 @@ from torchmetrics import Metric
 from lightning_modules.losses import lse_and_responsibilities
 
 
+DENSE = 0.1  # a latent firing on more than this fraction of examples counts as dense
+
+
 class UnitStatistics(Metric):
     full_state_update = False
 
@@ -58,6 +61,7 @@ class UnitStatistics(Metric):
         return {
             "dead_units": (~alive).sum(),
             "dead_fraction": (~alive).double().mean(),
+            "dense_fraction": (self.fired / n > DENSE).double().mean(),
             "low_variance_units": (var < self.low_variance).sum(),
             "redundancy": redundancy,
             "redundancy_norm": redundancy / max(k_alive * (k_alive - 1), 1),

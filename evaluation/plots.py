@@ -28,9 +28,24 @@ def unit_figures(corr: np.ndarray, directions: np.ndarray, firing_frequency: np.
     ax.hist(firing_frequency, bins=np.linspace(0, 1, 41), color="tab:blue")
     ax.set_xlabel("fraction of validation examples with a_j > 0")
     ax.set_ylabel("units")
+    figures["feature_density"], ax = plt.subplots(figsize=(4.2, 3.2))
+    density_histogram(ax, firing_frequency)
     for figure in figures.values():
         figure.tight_layout()
     return figures
+
+
+def density_histogram(ax, firing_frequency: np.ndarray, label: str | None = None) -> None:
+    """Histogram of log10 firing frequency (SAELens's feature density plot); dead units are counted
+    in the legend, since log10(0) has no bin."""
+    alive = firing_frequency[firing_frequency > 0]
+    dead = len(firing_frequency) - len(alive)
+    ax.hist(np.log10(alive), bins=np.linspace(-6, 0, 49), histtype="step", lw=1.2,
+            label=f"{label + ': ' if label else ''}{dead} dead of {len(firing_frequency)}")
+    ax.axvline(-1, color="grey", ls=":", lw=1)  # dense beyond 10%
+    ax.set_xlabel("log10 firing frequency (validation)")
+    ax.set_ylabel("latents")
+    ax.legend(fontsize=7)
 
 
 def save_figure(figure, stem: Path) -> list[Path]:

@@ -1,0 +1,140 @@
+"""SAEs on LM activations, from a multirun (``experiment=lm_layers``, ``lm_family``, or any sweep over
+``data=lm``): a per-layer table and figure (L0, FVU, downstream fidelity, dead and dense fractions),
+the feature-density histograms, and the matched-L0 Pareto of every architecture against two baselines,
+predicting the train mean (FVU 1) and PCA with k components for a code of k active numbers per token.
+
+    python -m analysis.lm dir=multirun/<date>/<time>
+"""
+from collections import defaultdict
+from pathlib import Path
+
+import hydra
+import matplotlib.pyplot as plt
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from analysis.runs import load_runs, markdown_table, mean_std
+from evaluation.linear_fits import pca_fvu
+from evaluation.plots import density_histogram, publish, save_figure
+
+COLUMNS = ["l0", "fvu", "explained_variance", "downstream_recovered", "downstream_recovered_mean", "dead_fraction",
+           "dense_fraction", "fvu_affine"]
+PER_LAYER = ["fvu", "downstream_recovered", "l0", "dead_fraction", "dense_fraction"]
+
+
+def architecture(run) -> str:
+    return f"{run.choices['model']}:{run.choices['loss']}"
+
+
+def groups_of(runs) -> dict[tuple, list]:
+    """(layer, architecture, sparsity knob) -> the runs over seeds."""
+    groups = defaultdict(list)
+    for run in runs:
+        groups[run.config["data"]["layer"], architecture(run), float(run.config.get("sparsity") or 0)].append(run)
+    return dict(sorted(groups.items()))
+
+
+def values(runs, metric: str) -> list[float]:
+    return [run.metrics[metric] for run in runs if isinstance(run.metrics.get(metric), (int, float))]
+
+
+def pca_curves(runs) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per layer: test FVU of the top-k principal subspace of train, k = 1 .. d (on a log grid)."""
+    curves = {}
+    for run in runs:
+        layer = run.config["data"]["layer"]
+        if layer in curves:
+            continue
+        datamodule = instantiate(run.config["data"] | {"progress": False})
+        datamodule.setup("fit")  # the cache the runs trained on
+        x_train, x_test = datamodule.splits["train"][0], datamodule.splits["test"][0]
+        ks = np.unique(np.geomspace(1, x_train.shape[1], 16).astype(int))
+        curves[layer] = ks, np.array([pca_fvu(x_train, x_test, int(k)) for k in ks])
+    return curves
+
+
+def layer_figure(groups: dict):
+    figure, axes = plt.subplots(1, len(PER_LAYER), figsize=(3.4 * len(PER_LAYER), 3.3))
+    by_arch = defaultdict(list)
+    for (layer, arch, knob), runs in groups.items():
+        by_arch[arch, knob].append((layer, runs))
+    for ax, metric in zip(axes, PER_LAYER):
+        for (arch, knob), points in by_arch.items():
+            stats = [(layer, *mean_std(values(runs, metric))) for layer, runs in points if values(runs, metric)]
+            if stats:
+                layers, means, stds = zip(*stats)
+                ax.errorbar(layers, means, yerr=stds, marker="o", capsize=2, label=f"{arch} ({knob:g})")
+        if metric == "downstream_recovered":
+            for (arch, knob), points in by_arch.items():
+                stats = [(layer, mean_std(values(runs, "downstream_recovered_mean"))[0]) for layer, runs in points]
+                ax.plot(*zip(*stats), ls="--", lw=0.8, color="grey")
+            ax.set_title("downstream recovered (dashed: vs mean ablation)", fontsize=8)
+        else:
+            ax.set_title(metric, fontsize=9)
+        ax.set_xlabel("layer")
+    axes[0].legend(fontsize=6)
+    figure.tight_layout()
+    return figure
+
+
+def density_figure(groups: dict):
+    layers = sorted({key[0] for key in groups})
+    figure, axes = plt.subplots(1, len(layers), figsize=(3.8 * len(layers), 3.2), squeeze=False)
+    for ax, layer in zip(axes[0], layers):
+        for (group_layer, arch, knob), runs in groups.items():
+            stats = runs[0].path / "unit_stats.npz"
+            if group_layer == layer and stats.is_file():
+                density_histogram(ax, np.load(stats)["firing_frequency"], f"{arch} ({knob:g})")
+        ax.set_title(f"layer {layer}: feature density", fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def pareto_figure(groups: dict, curves: dict):
+    figure, (fvu_ax, down_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    by_arch = defaultdict(list)
+    for (layer, arch, _), runs in groups.items():
+        by_arch[f"L{layer} {arch}"].append(runs)
+    for name, groups_of_runs in by_arch.items():
+        for ax, metric in ((fvu_ax, "fvu"), (down_ax, "downstream_recovered")):
+            points = sorted((mean_std(values(runs, "l0")), mean_std(values(runs, metric))) for runs in groups_of_runs
+                            if values(runs, metric))
+            if points:
+                ax.errorbar([l0[0] for l0, _ in points], [m[0] for _, m in points], xerr=[l0[1] for l0, _ in points],
+                            yerr=[m[1] for _, m in points], marker="o", capsize=2, label=name)
+    for layer, (ks, fvus) in curves.items():
+        fvu_ax.plot(ks, fvus, "k--", lw=1, label=f"L{layer} PCA, k components")
+    fvu_ax.axhline(1.0, color="grey", ls=":", lw=1, label="predict the train mean")
+    fvu_ax.set(xscale="log", xlabel="L0 (active latents per token)", ylabel="FVU on test",
+               title="Reconstruction vs sparsity")
+    down_ax.set(xscale="log", xlabel="L0 (active latents per token)", ylabel="recovered (zero-ablation baseline)",
+                title="Downstream fidelity vs sparsity")
+    down_ax.axhline(0.0, color="grey", ls=":", lw=1)
+    fvu_ax.legend(fontsize=6)
+    down_ax.legend(fontsize=6)
+    figure.tight_layout()
+    return figure
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="analysis")
+def main(cfg: DictConfig) -> None:
+    runs = [run for run in load_runs(cfg.dir) if "layer" in run.config["data"]]
+    groups = groups_of(runs)
+    curves = pca_curves(runs)
+    rows = {f"L{layer} {arch} ({knob:g})": [run.metrics for run in group] for (layer, arch, knob), group in
+            groups.items()}
+    pca_rows = ["| layer | " + " | ".join(f"k={k}" for k in ks) + " |" for ks, _ in list(curves.values())[:1]]
+    pca_rows += ["|---" * (len(next(iter(curves.values()))[0]) + 1) + "|"]
+    pca_rows += [f"| {layer} | " + " | ".join(f"{v:.3g}" for v in fvus) + " |" for layer, (_, fvus) in curves.items()]
+    text = ("# SAEs on LM activations (test tokens; mean ± std over seeds)\n\n" + markdown_table(rows, COLUMNS)
+            + "\n## PCA baseline: test FVU with k principal components of train\n\n" + "\n".join(pca_rows) + "\n")
+    out = Path(cfg.dir) / "analysis"
+    for stem, figure in (("lm_layers", layer_figure(groups)), ("lm_feature_density", density_figure(groups))):
+        for path in save_figure(figure, out / stem):
+            print(f"wrote {path}")
+    publish(out, pareto_figure(groups, curves), "lm_pareto", text, "lm.md")
+
+
+if __name__ == "__main__":
+    main()
