@@ -1,0 +1,149 @@
+"""The LM commands through the real train.py and Hydra, on a few thousand tokens of the shipped corpus."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, read_metrics, run_cli
+
+LM_QUICK = ["experiment=lm_sae", "data.max_tokens={train:3000,val:600,test:600}", "model.hidden_dim=128",
+            "data.batch_size=256", "data.eval_batch_size=512", "trainer.max_epochs=2", "model.lr=1e-3", "logger=csv",
+            "data.progress=false", "callbacks.unit_metrics.figures=false", "callbacks.downstream_fidelity.max_sequences=8"]
+LM_KEYS = {"fvu", "explained_variance", "l0", "dead_fraction", "dense_fraction", "embedding_loss_clean",
+           "embedding_loss_spliced", "embedding_loss_zero_ablated", "embedding_loss_mean_ablated",
+           "embedding_recovered", "embedding_recovered_mean", "downstream_recovered", "downstream_recovered_mean"}
+
+
+@pytest.fixture(scope="module")
+def layer_sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lm_layers")
+    result = run_cli("train.py", "-m", *LM_QUICK, "experiment=lm_layers", "data.layers=[1,4]", "data.layer=1,4",
+                     f"data.cache_dir={root / 'cache'}", f"hydra.sweep.dir={root / 'sweep'}")
+    return root, result
+
+
+def test_layer_sweep_harvests_once_and_trains_one_sae_per_layer(layer_sweep):
+    root, result = layer_sweep
+    log = result.stdout + result.stderr
+    assert log.count("activation cache: harvested into") == 1 and log.count("activation cache: reusing") == 1
+    assert len(list((root / "cache").iterdir())) == 1
+    for job in ("0", "1"):
+        metrics = read_metrics(root / "sweep" / job)
+        assert metrics["status"] == "finished" and LM_KEYS <= set(metrics)
+        assert 0 < metrics["explained_variance"] < 1 and 0 < metrics["downstream_recovered"] <= 1
+
+
+def test_lm_analysis_writes_table_and_figures(layer_sweep):
+    root, _ = layer_sweep
+    result = run_cli("-m", "analysis.lm", f"dir={root / 'sweep'}")
+    for stem in ("lm_pareto", "lm_layers", "lm_feature_density"):
+        assert (root / "sweep" / "analysis" / f"{stem}.png").stat().st_size > 0
+    table = (root / "sweep" / "analysis" / "lm.md").read_text()
+    assert "| L1 sae:mse_l1_decnorm (0) | 1 |" in table and "| L4 sae:mse_l1_decnorm (0) | 1 |" in table
+    assert "PCA baseline" in result.stdout
+
+
+def test_export_loads_in_saelens_and_reproduces_the_sae(layer_sweep, tmp_path):
+    root, _ = layer_sweep
+    run = root / "sweep" / "0"
+    run_cli("-m", "analysis.export", f"run={run}", f"out={tmp_path}")
+    config = json.loads((tmp_path / "cfg.json").read_text())
+    assert config["architecture"] == "standard" and (config["d_in"], config["d_sae"]) == (384, 128)
+    assert config["metadata"]["hook_name"] == "encoder.layer.1" and config["metadata"]["sae_lens_version"] >= "6"
+    from safetensors.torch import load_file
+
+    tensors = load_file(tmp_path / "sae_weights.safetensors")
+    assert {name: tuple(t.shape) for name, t in tensors.items()} == {
+        "W_enc": (384, 128), "W_dec": (128, 384), "b_enc": (128,), "b_dec": (384,)}
+    assert torch.allclose(tensors["W_dec"].norm(dim=1), torch.ones(128), atol=1e-5)
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+    from sae_lens import SAE
+
+    cfg = OmegaConf.load(run / "config_resolved.yaml")
+    ours = instantiate(cfg.model, loss=instantiate(cfg.loss))
+    ours.load_state_dict(torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"])
+    assert float(ours.input_scale) != 1.0  # lm_sae scales its inputs: the export must fold it
+    x = 3 * torch.randn(64, 384)  # raw activations, in the units of the harvested ones
+    with torch.no_grad():
+        theirs = SAE.load_from_disk(str(tmp_path))
+        a = theirs.encode(x)
+        assert torch.equal(a > 0, ours.encode(x)[1] > 0)
+        assert torch.allclose(theirs.decode(a), ours.decode(ours.encode(x)[1]), atol=1e-4)
+
+
+def test_a_killed_harvest_resumes_to_the_same_cache(tmp_path):
+    args = [*LM_QUICK, "data.shard_tokens=100", "data.harvest_batch_size=2", "trainer.max_epochs=1"]
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "train.py", *args, f"data.cache_dir={killed}",
+                                f"hydra.run.dir={tmp_path / 'run1'}"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline, manifest = time.time() + 120, None
+    while time.time() < deadline:  # kill -9 once two shards of train are committed
+        found = list(killed.glob("*/manifest.json"))
+        if found:
+            try:
+                manifest = json.loads(found[0].read_text())
+            except json.JSONDecodeError:
+                continue
+            if len(manifest["splits"]["train"]["shards"]) >= 2:
+                break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert manifest and not manifest["splits"]["train"]["complete"], "the harvest ended before it was killed"
+    resumed = run_cli("train.py", *args, f"data.cache_dir={killed}", f"hydra.run.dir={tmp_path / 'run2'}")
+    assert "harvest train: resuming at sequence" in resumed.stdout + resumed.stderr
+    unbroken = tmp_path / "unbroken"
+    run_cli("train.py", *args, f"data.cache_dir={unbroken}", f"hydra.run.dir={tmp_path / 'run3'}")
+    [resumed_dir], [unbroken_dir] = list(killed.iterdir()), list(unbroken.iterdir())
+    for split in ("train", "val", "test"):
+        for kind in ("tokens", "L3"):
+            files = sorted((unbroken_dir / split).glob(f"{kind}-*.npy"))
+            assert files and [f.name for f in files] == sorted(f.name for f in (resumed_dir / split).glob(f"{kind}-*.npy"))
+            for file in files:
+                assert np.array_equal(np.load(file), np.load(resumed_dir / split / file.name))
+    assert read_metrics(tmp_path / "run2")["fvu"] == read_metrics(tmp_path / "run3")["fvu"]
+
+
+def corrupt_shard(cache):
+    shard = next(cache.glob("*/train/L3-00000.npy"))
+    shard.write_bytes(shard.read_bytes()[:200])
+
+
+def mismatch_key(cache):
+    manifest = next(cache.glob("*/manifest.json"))
+    manifest.write_text(manifest.read_text().replace('"context_length": 128', '"context_length": 64'))
+
+
+@pytest.mark.parametrize("override, damage, message", [
+    ("data.model=/nonexistent/model", None, "data.model=/nonexistent/model: no such model directory"),
+    ("data.layer=6", None, "outside the model: minilm has layers 0..5"),
+    ("data.site=mlp_out", None, "data.site=mlp_out not found in BertLayer"),
+    ("data.corpus=/nonexistent/corpus.txt", None, "data.corpus=/nonexistent/corpus.txt: no such file"),
+    ("data.corpus=EMPTY", None, "holds no text"),
+    (None, corrupt_shard, "is missing or corrupt"),
+    (None, mismatch_key, "was written for another key (differs in ['context_length'])"),
+])
+def test_bad_lm_input_fails_in_one_line_before_training(tmp_path, override, damage, message):
+    cache = tmp_path / "cache"
+    if damage:  # a good cache first, then damaged
+        run_cli("train.py", *LM_QUICK, "trainer.max_epochs=1", f"data.cache_dir={cache}",
+                f"hydra.run.dir={tmp_path / 'good'}")
+        damage(cache)
+    before = {p: p.read_bytes() for p in cache.rglob("*") if p.is_file()}
+    if override == "data.corpus=EMPTY":
+        (tmp_path / "empty.txt").write_text("  \n")
+        override = f"data.corpus={tmp_path / 'empty.txt'}"
+    result = run_cli("train.py", *LM_QUICK, *([override] if override else []), f"data.cache_dir={cache}",
+                     f"hydra.run.dir={tmp_path / 'bad'}", check=False)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and not (tmp_path / "bad" / "metrics.json").exists()
+    assert {p: p.read_bytes() for p in cache.rglob("*") if p.is_file()} == before  # nothing overwritten
