@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from omegaconf import DictConfig
 
-from evaluation.plots import publish, show_matrix
 from analysis.runs import load_runs, markdown_table, mean_std
+from evaluation.plots import publish, show_matrix
 
 ORDER = ["lse", "lse_var", "lse_var_tc", "var_tc"]
 BARS = ["dead_fraction", "redundancy_norm", "resp_entropy", "max_resp"]

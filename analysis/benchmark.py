@@ -10,14 +10,13 @@ from pathlib import Path
 
 import hydra
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from analysis.runs import format_mean_std, load_runs, markdown_table, mean_std
 from evaluation.linear_fits import pca_fvu, probe_accuracy
 from evaluation.plots import publish
-from analysis.runs import format_mean_std, load_runs, markdown_table, mean_std
 
 COLUMNS = ["l0", "fvu", "explained_variance", "fvu_affine", "mse", "probe_acc", "params", "dead_fraction",
            "redundancy_norm"]

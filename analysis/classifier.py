@@ -11,8 +11,8 @@ import hydra
 import matplotlib.pyplot as plt
 from omegaconf import DictConfig
 
-from evaluation.plots import publish
 from analysis.runs import Run, load_runs
+from evaluation.plots import publish
 
 COLUMNS = ["val/ce", "val/acc", "test/ce", "test/acc"]
 

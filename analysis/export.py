@@ -42,7 +42,8 @@ def saelens_tensors(model: SparseAutoencoder) -> dict[str, torch.Tensor]:
 
 
 def saelens_config(model: SparseAutoencoder, cfg: dict, hook_name: str | None) -> dict:
-    architecture = "jumprelu" if isinstance(model, JumpReLUSAE) else "topk" if isinstance(model, TopKSAE) else "standard"
+    architecture = ("jumprelu" if isinstance(model, JumpReLUSAE) else "topk" if isinstance(model, TopKSAE)
+                    else "standard")
     data = cfg["data"]
     config = {"architecture": architecture, "d_in": model.hparams.input_dim, "d_sae": model.hparams.hidden_dim,
               "dtype": "float32", "apply_b_dec_to_input": True, "normalize_activations": "none",
@@ -60,8 +61,9 @@ def hooked_module(data: dict) -> str | None:
     """The module the run's activations came from, found on a weightless copy of the model."""
     if "layer" not in data or "site" not in data:
         return None
-    from activations.language_model import is_causal, load_config, site_module_names
     from transformers import AutoModel, AutoModelForCausalLM
+
+    from activations.language_model import is_causal, load_config, site_module_names
 
     config = load_config(data["model"])
     with torch.device("meta"):

@@ -7,8 +7,8 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from evaluation.linear_fits import affine_fvu, fvu, implicit_decoder_fits, probe_accuracy
 from callbacks.metrics_file import report
+from evaluation.linear_fits import affine_fvu, fvu, implicit_decoder_fits, probe_accuracy
 
 
 class FinalEvaluation(pl.Callback):

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from evaluation.linear_fits import reconstructor
 from callbacks.metrics_file import report
+from evaluation.linear_fits import reconstructor
 
 
 def fidelity(logits: Tensor, reconstructed: Tensor, labels: Tensor) -> dict[str, float]:

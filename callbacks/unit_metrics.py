@@ -7,8 +7,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import WandbLogger
 
-from evaluation.plots import save_figure, unit_figures
 from callbacks.unit_statistics import UnitStatistics
+from evaluation.plots import save_figure, unit_figures
 
 
 class UnitMetrics(pl.Callback):

@@ -8,7 +8,6 @@ from torchmetrics import Metric
 
 from lightning_modules.losses import lse_and_responsibilities
 
-
 DENSE = 0.1  # a latent firing on more than this fraction of examples counts as dense
 
 

@@ -8,12 +8,12 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT, read_metrics, run_cli
 
 LM_QUICK = ["experiment=lm_sae", "data.max_tokens={train:3000,val:600,test:600}", "model.hidden_dim=128",
             "data.batch_size=256", "data.eval_batch_size=512", "trainer.max_epochs=2", "model.lr=1e-3", "logger=csv",
-            "data.progress=false", "callbacks.unit_metrics.figures=false", "callbacks.downstream_fidelity.max_sequences=8"]
+            "data.progress=false", "callbacks.unit_metrics.figures=false",
+            "callbacks.downstream_fidelity.max_sequences=8"]
 LM_KEYS = {"fvu", "explained_variance", "l0", "dead_fraction", "dense_fraction", "embedding_loss_clean",
            "embedding_loss_spliced", "embedding_loss_zero_ablated", "embedding_loss_mean_ablated",
            "embedding_recovered", "embedding_recovered_mean", "downstream_recovered", "downstream_recovered_mean"}
@@ -105,7 +105,8 @@ def test_a_killed_harvest_resumes_to_the_same_cache(tmp_path):
     for split in ("train", "val", "test"):
         for kind in ("tokens", "L3"):
             files = sorted((unbroken_dir / split).glob(f"{kind}-*.npy"))
-            assert files and [f.name for f in files] == sorted(f.name for f in (resumed_dir / split).glob(f"{kind}-*.npy"))
+            resumed_files = sorted((resumed_dir / split).glob(f"{kind}-*.npy"))
+            assert files and [f.name for f in files] == [f.name for f in resumed_files]
             for file in files:
                 assert np.array_equal(np.load(file), np.load(resumed_dir / split / file.name))
     assert read_metrics(tmp_path / "run2")["fvu"] == read_metrics(tmp_path / "run3")["fvu"]
