@@ -79,14 +79,20 @@ def layer_figure(groups: dict):
 
 
 def density_figure(groups: dict):
-    layers = sorted({key[0] for key in groups})
-    figure, axes = plt.subplots(1, len(layers), figsize=(3.8 * len(layers), 3.2), squeeze=False)
-    for ax, layer in zip(axes[0], layers):
-        for (group_layer, arch, knob), runs in groups.items():
+    """One panel per layer and architecture, its sparsity settings overlaid."""
+    panels = sorted({(layer, arch) for layer, arch, _ in groups})
+    ncols = min(len(panels), 5)
+    nrows = -(-len(panels) // ncols)
+    figure, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.0 * nrows), squeeze=False)
+    for ax, (layer, arch) in zip(axes.flat, panels):
+        for (group_layer, group_arch, knob), runs in groups.items():
             stats = runs[0].path / "unit_stats.npz"
-            if group_layer == layer and stats.is_file():
-                density_histogram(ax, np.load(stats)["firing_frequency"], f"{arch} ({knob:g})")
-        ax.set_title(f"layer {layer}: feature density", fontsize=9)
+            if (group_layer, group_arch) == (layer, arch) and stats.is_file():
+                density_histogram(ax, np.load(stats)["firing_frequency"], f"sparsity {knob:g}")
+        ax.set_title(f"L{layer} {arch}", fontsize=9)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    figure.suptitle("Feature density (validation tokens)", fontsize=10)
     figure.tight_layout()
     return figure
 
