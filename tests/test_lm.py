@@ -135,3 +135,15 @@ def test_training_batches_cover_the_train_split_once_per_epoch_with_and_without_
     tokens = torch.cat([t for _, t in batches])
     assert torch.equal(tokens.sort().values, torch.from_numpy(dm.train_tokens).long().sort().values)
     assert not torch.equal(tokens, torch.from_numpy(dm.train_tokens).long())  # mixed, not in corpus order
+
+
+def test_local_text_and_jsonl_files_are_documents(tmp_path):
+    from activations.corpus import read_documents
+
+    (tmp_path / "notes.txt").write_text("One plain text file is one document.")
+    (tmp_path / "rows.jsonl").write_text('{"text": "First row."}\n\n{"text": "Second row.", "id": "b"}\n')
+    documents = read_documents(str(tmp_path))
+    assert [text for _, text in documents] == ["One plain text file is one document.", "First row.", "Second row."]
+    assert documents[2][0] == "b"
+    with pytest.raises(ValueError, match="has no field 'body'"):
+        read_documents(str(tmp_path / "rows.jsonl"), text_field="body")
