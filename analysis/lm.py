@@ -72,7 +72,7 @@ def layer_figure(groups: dict):
             ax.set_title("downstream recovered (dashed: vs mean ablation)", fontsize=8)
         else:
             ax.set_title(metric, fontsize=9)
-        ax.set_xlabel("layer")
+        ax.set(xlabel="layer", xticks=sorted({layer for layer, _, _ in groups}))
     axes[0].legend(fontsize=6)
     figure.tight_layout()
     return figure
