@@ -14,7 +14,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from analysis.runs import format_mean_std, load_runs, markdown_table, mean_std
+from analysis.runs import architecture, column, format_mean_std, load_runs, markdown_table, mean_std
 from evaluation.linear_fits import pca_fvu, probe_accuracy
 from evaluation.plots import publish
 
@@ -23,20 +23,12 @@ COLUMNS = ["l0", "fvu", "explained_variance", "fvu_affine", "mse", "probe_acc", 
 MAX_TRAIN = 10000  # as the runs' FinalEvaluation fits its read-outs
 
 
-def architecture(run) -> str:
-    return f"{run.choices['model']}:{run.choices['loss']}"
-
-
 def group_runs(runs) -> dict[tuple[str, float], list]:
     """(architecture, sparsity knob) -> the runs over seeds."""
     groups = defaultdict(list)
     for run in runs:
         groups[architecture(run), float(run.config.get("sparsity", 0))].append(run)
     return dict(sorted(groups.items()))
-
-
-def column(runs, metric: str) -> list[float]:
-    return [run.metrics[metric] for run in runs if isinstance(run.metrics.get(metric), (int, float))]
 
 
 def data_baselines(run, k: int) -> dict[str, float]:

@@ -14,7 +14,7 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from analysis.runs import load_runs, markdown_table, mean_std
+from analysis.runs import architecture, column, load_runs, markdown_table, mean_std
 from evaluation.linear_fits import pca_fvu
 from evaluation.plots import density_histogram, publish, save_figure
 
@@ -23,20 +23,12 @@ COLUMNS = ["l0", "fvu", "explained_variance", "downstream_recovered", "downstrea
 PER_LAYER = ["fvu", "downstream_recovered", "l0", "dead_fraction", "dense_fraction"]
 
 
-def architecture(run) -> str:
-    return f"{run.choices['model']}:{run.choices['loss']}"
-
-
 def groups_of(runs) -> dict[tuple, list]:
     """(layer, architecture, sparsity knob) -> the runs over seeds."""
     groups = defaultdict(list)
     for run in runs:
         groups[run.config["data"]["layer"], architecture(run), float(run.config.get("sparsity") or 0)].append(run)
     return dict(sorted(groups.items()))
-
-
-def values(runs, metric: str) -> list[float]:
-    return [run.metrics[metric] for run in runs if isinstance(run.metrics.get(metric), (int, float))]
 
 
 def pca_curves(runs) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -61,13 +53,13 @@ def layer_figure(groups: dict):
         by_arch[arch, knob].append((layer, runs))
     for ax, metric in zip(axes, PER_LAYER):
         for (arch, knob), points in by_arch.items():
-            stats = [(layer, *mean_std(values(runs, metric))) for layer, runs in points if values(runs, metric)]
+            stats = [(layer, *mean_std(column(runs, metric))) for layer, runs in points if column(runs, metric)]
             if stats:
                 layers, means, stds = zip(*stats)
                 ax.errorbar(layers, means, yerr=stds, marker="o", capsize=2, label=f"{arch} ({knob:g})")
         if metric == "downstream_recovered":
             for (arch, knob), points in by_arch.items():
-                stats = [(layer, mean_std(values(runs, "downstream_recovered_mean"))[0]) for layer, runs in points]
+                stats = [(layer, mean_std(column(runs, "downstream_recovered_mean"))[0]) for layer, runs in points]
                 ax.plot(*zip(*stats), ls="--", lw=0.8, color="grey")
             ax.set_title("downstream recovered (dashed: vs mean ablation)", fontsize=8)
         else:
@@ -104,8 +96,8 @@ def pareto_figure(groups: dict, curves: dict):
         by_arch[f"L{layer} {arch}"].append(runs)
     for name, groups_of_runs in by_arch.items():
         for ax, metric in ((fvu_ax, "fvu"), (down_ax, "downstream_recovered")):
-            points = sorted((mean_std(values(runs, "l0")), mean_std(values(runs, metric))) for runs in groups_of_runs
-                            if values(runs, metric))
+            points = sorted((mean_std(column(runs, "l0")), mean_std(column(runs, metric))) for runs in groups_of_runs
+                            if column(runs, metric))
             if points:
                 ax.errorbar([l0[0] for l0, _ in points], [m[0] for _, m in points], xerr=[l0[1] for l0, _ in points],
                             yerr=[m[1] for _, m in points], marker="o", capsize=2, label=name)
@@ -130,8 +122,8 @@ def main(cfg: DictConfig) -> None:
     curves = pca_curves(runs)
     rows = {f"L{layer} {arch} ({knob:g})": [run.metrics for run in group] for (layer, arch, knob), group in
             groups.items()}
-    pca_rows = ["| layer | " + " | ".join(f"k={k}" for k in ks) + " |" for ks, _ in list(curves.values())[:1]]
-    pca_rows += ["|---" * (len(next(iter(curves.values()))[0]) + 1) + "|"]
+    ks = next(iter(curves.values()))[0]  # the same grid for every layer: one width
+    pca_rows = ["| layer | " + " | ".join(f"k={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
     pca_rows += [f"| {layer} | " + " | ".join(f"{v:.3g}" for v in fvus) + " |" for layer, (_, fvus) in curves.items()]
     text = ("# SAEs on LM activations (test tokens; mean ± std over seeds)\n\n" + markdown_table(rows, COLUMNS)
             + "\n## PCA baseline: test FVU with k principal components of train\n\n" + "\n".join(pca_rows) + "\n")

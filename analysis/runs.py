@@ -32,6 +32,16 @@ def load_runs(multirun_dir: str) -> list[Run]:
     return runs
 
 
+def architecture(run: Run) -> str:
+    """model:loss, the name a run's family member goes by in tables and legends."""
+    return f"{run.choices['model']}:{run.choices['loss']}"
+
+
+def column(runs: list[Run], metric: str) -> list[float]:
+    """A metric over runs, skipping those that lack it or hold a non-number."""
+    return [run.metrics[metric] for run in runs if isinstance(run.metrics.get(metric), (int, float))]
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     values = np.asarray(values, dtype=float)
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0

@@ -23,8 +23,7 @@ class DownstreamFidelity(pl.Callback):
         dm.load_lm()
         was_training = pl_module.training
         pl_module.eval()
-        x_train = dm.splits["train"][0]
-        reconstruct = reconstructor(pl_module, pl_module.codes(x_train), x_train)
+        reconstruct = reconstructor(pl_module, dm.splits["train"][0])
         sequences = dm.sequences[self.split][:self.max_sequences]
 
         def spliced(x):

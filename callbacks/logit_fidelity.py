@@ -48,7 +48,7 @@ class LogitFidelity(pl.Callback):
         datamodule, was_training = trainer.datamodule, pl_module.training
         pl_module.eval()
         codes = {name: pl_module.codes(x) for name, (x, _) in datamodule.splits.items()}
-        decode = reconstructor(pl_module, codes["train"], datamodule.splits["train"][0])
+        decode = reconstructor(pl_module, datamodule.splits["train"][0], codes["train"])
         splits, per_example = {}, None
         for name, (x, labels) in datamodule.splits.items():
             x, labels = x.to(pl_module.device), labels.to(pl_module.device)

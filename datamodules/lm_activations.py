@@ -17,7 +17,7 @@ from activations import language_model
 from activations.cache import ActivationCache
 from activations.corpus import SPLITS, fingerprint, read_documents, split_documents, tokenize
 from activations.harvest import activation_batches, harvest
-from datamodules.tensor_batches import TensorBatches
+from datamodules.tensor_batches import TensorBatches, rank_and_world_size
 
 log = logging.getLogger(__name__)
 SITES_HELP = "resid, attn, mlp or a submodule path"
@@ -200,13 +200,16 @@ class ActivationDataModule(pl.LightningDataModule):
         """No cache: val, test and a train sample are harvested into memory; train batches stream."""
         self.load_lm()
         for split in ("val", "test"):
-            parts = list(activation_batches(self.lm, self.modules, self.sequences[split], self.harvest_batch_size))
-            self.splits[split] = (torch.cat([p[2][self.layer] for p in parts]), torch.cat([p[1] for p in parts]))
+            self.splits[split] = self.harvest_in_memory(self.sequences[split])
         train_sample = self.sequences["train"][:max(1, self.readout_tokens // self.context_length)]
-        parts = list(activation_batches(self.lm, self.modules, train_sample, self.harvest_batch_size))
-        x = torch.cat([p[2][self.layer] for p in parts])
-        self.splits["train"] = (x, torch.cat([p[1] for p in parts]))
+        self.splits["train"] = self.harvest_in_memory(train_sample)
+        x = self.splits["train"][0]
         self.set_train_statistics(x.double().mean(0).float(), float(x.double().norm(dim=1).mean()))
+
+    def harvest_in_memory(self, sequences) -> tuple[Tensor, Tensor]:
+        """(activations at this layer, token ids) of every harvested position, as tensors."""
+        parts = list(activation_batches(self.lm, self.modules, sequences, self.harvest_batch_size))
+        return torch.cat([captured[self.layer] for _, _, captured in parts]), torch.cat([ids for _, ids, _ in parts])
 
     def set_train_statistics(self, mean: Tensor, mean_norm: float) -> None:
         self.train_mean = mean
@@ -217,18 +220,18 @@ class ActivationDataModule(pl.LightningDataModule):
     def inverse(self, x: Tensor) -> Tensor:
         return x
 
-    def _rank(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-
     def train_dataloader(self):
         if not self.use_cache:
             return MixingBuffer(self, self.mixing_buffer, self.seed)
         return ShardBatches(self.train_shards, self.train_tokens, self.batch_size, self.shuffle_window, self.seed,
-                            *self._rank())
+                            *rank_and_world_size(self.trainer))
+
+    def eval_batches(self, split: str) -> TensorBatches:
+        return TensorBatches(self.splits[split], self.eval_batch_size, False, self.seed,
+                             *rank_and_world_size(self.trainer))
 
     def val_dataloader(self):
-        return TensorBatches(self.splits["val"], self.eval_batch_size, False, self.seed, *self._rank())
+        return self.eval_batches("val")
 
     def test_dataloader(self):
-        return TensorBatches(self.splits["test"], self.eval_batch_size, False, self.seed, *self._rank())
+        return self.eval_batches("test")

@@ -69,8 +69,7 @@ class TensorDataModule(pl.LightningDataModule):
         return x * self.scale.to(x.device) + self.shift.to(x.device)
 
     def _batches(self, split: str, shuffle: bool) -> TensorBatches:
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        rank, world = rank_and_world_size(self.trainer)
         size = self.batch_size if shuffle else self.eval_batch_size
         return TensorBatches(self.splits[split], size, shuffle, self.seed, rank, world)
 
@@ -82,6 +81,11 @@ class TensorDataModule(pl.LightningDataModule):
 
     def test_dataloader(self):
         return self._batches("test", shuffle=False)
+
+
+def rank_and_world_size(trainer) -> tuple[int, int]:
+    """This process's shard of the data under DDP; (0, 1) outside a trainer."""
+    return (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
 
 
 def seeded_split(x: Tensor, y: Tensor, n_second: int, seed: int):

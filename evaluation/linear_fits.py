@@ -43,10 +43,12 @@ def fit_implicit_decoder(a_train: Tensor, x_train: Tensor, W: Tensor) -> tuple[C
     return (lambda a: x_mean + alpha * (a.double() @ W - p_mean)), alpha
 
 
-def reconstructor(model, a_train: Tensor, x_train: Tensor) -> Callable[[Tensor], Tensor]:
-    """Codes -> reconstructions: the model's decoder, or for the decoder-free encoder its implicit one."""
+def reconstructor(model, x_train: Tensor, a_train: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+    """Codes -> reconstructions: the model's decoder, or for the decoder-free encoder its implicit one,
+    fitted on ``x_train`` (encoded here unless its codes ``a_train`` are given)."""
     if hasattr(model, "decode"):
         return model.decode
+    a_train = model.codes(x_train) if a_train is None else a_train
     return fit_implicit_decoder(a_train, x_train.to(a_train.device), model.feature_directions())[0]
 
 
