@@ -3,6 +3,9 @@
     python train.py                                   # conf/train.yaml defaults
     python train.py -m loss=lse,lse_var,lse_var_tc,var_tc seed=0,1,2
 """
+import hashlib
+import json
+import logging
 import sys
 from pathlib import Path
 
@@ -14,13 +17,30 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.plugins.environments import SLURMEnvironment
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 import calibration
 from activations.language_model import hidden_size
 from callbacks.metrics_file import MetricsFile
 from lightning_modules.base import NonFiniteLossError
 
+log = logging.getLogger(__name__)
+
+
+def run_dir_of(ckpt_path: str | None, default: str) -> str:
+    """A run resumed from ``<run>/checkpoints/<name>.ckpt`` continues in ``<run>``."""
+    return str(Path(ckpt_path).resolve().parent.parent) if ckpt_path else default
+
+
+def run_id(run_dir: str) -> str:
+    """One id per run folder: a requeued or resumed job logs to the same W&B run."""
+    return hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
+
+
 OmegaConf.register_new_resolver("lm_hidden_size", hidden_size, use_cache=True)
+OmegaConf.register_new_resolver("run_dir_of", run_dir_of)
+OmegaConf.register_new_resolver("run_id", run_id)
 
 CONFIG_ERRORS = (ValueError, FileNotFoundError, InstantiationException)
 
@@ -46,23 +66,45 @@ def make_model(cfg: DictConfig):
     return instantiate(cfg.model, loss=instantiate(cfg.loss)) if cfg.get("loss") else instantiate(cfg.model)
 
 
-def fit(cfg: DictConfig) -> pl.Trainer:
+def checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> str | None:
+    """``ckpt_path`` if given, else the run folder's own last checkpoint (a requeued job, a re-run command)."""
+    if cfg.ckpt_path:
+        if not Path(cfg.ckpt_path).is_file():
+            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist")
+        return cfg.ckpt_path
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return str(last) if last.is_file() else None
+
+
+def finished(run_dir: Path) -> bool:
+    metrics = run_dir / "metrics.json"
+    return metrics.is_file() and json.loads(metrics.read_text()).get("status") == "finished"
+
+
+def fit(cfg: DictConfig) -> pl.Trainer | None:
     run_dir = Path(cfg.paths.output_dir)
+    if not cfg.ckpt_path and finished(run_dir):  # a requeued job that had finished, a re-run command
+        log.info("already finished: %s", run_dir)
+        return None
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     try:
+        ckpt_path = checkpoint_to_resume(cfg, run_dir)
         datamodule, model = build(cfg)
     except CONFIG_ERRORS as error:
         sys.exit(f"error: {root_cause(error)}")
+    if ckpt_path:
+        log.info("resuming from %s", ckpt_path)
     calibrated = None
     if cfg.calibrate.target_l0 is not None:
         calibrated = calibration.calibrate(cfg, datamodule)
         cfg = calibration.with_lambda(cfg, calibrated["lambda"])
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         model = make_model(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # with the calibrated λ
+    if rank_zero_only.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # with the calibrated λ
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True) | {"calibration": calibrated})
@@ -71,9 +113,11 @@ def fit(cfg: DictConfig) -> pl.Trainer:
         for callback in callbacks:
             if isinstance(callback, MetricsFile):
                 callback.extra.update({f"calibration_{key}": value for key, value in calibrated.items()})
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    # under SLURM, submitit requeues and Lightning does not (callbacks/resume.py)
+    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=plugins)
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         if cfg.test:
             trainer.test(model, datamodule=datamodule, ckpt_path="best" if trainer.checkpoint_callback else None)
     except NonFiniteLossError as error:

@@ -28,14 +28,15 @@ class MetricsFile(pl.Callback):
     def __init__(self, path: str):
         self.path = Path(path)
         self.extra: dict = {}  # values measured outside the trainer (calibration, fidelity)
+        self.measured: dict = {}  # every value the trainer reported, the latest of each
 
     def write(self, trainer, status: str) -> None:
         if trainer.global_rank != 0:
             return
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
-        metrics = {name: value if math.isfinite(value) else str(value) for name, value in metrics.items()}
+        self.measured |= {name: value if math.isfinite(value) else str(value) for name, value in metrics.items()}
         write_json(self.path, {"status": status, "epoch": trainer.current_epoch,
-                               "global_step": trainer.global_step, **metrics, **self.extra})
+                               "global_step": trainer.global_step, **self.measured, **self.extra})
 
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking:
@@ -48,4 +49,11 @@ class MetricsFile(pl.Callback):
         self.write(trainer, "finished")
 
     def on_exception(self, trainer, pl_module, exception):
-        self.write(trainer, f"failed: {exception}")
+        # SystemExit: stopped by a signal (SLURM preemption, time limit), to be resumed from its checkpoint
+        self.write(trainer, "interrupted" if isinstance(exception, SystemExit) else f"failed: {exception}")
+
+    def state_dict(self) -> dict:
+        return {"metrics": self.measured}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.measured = state_dict["metrics"]  # a resumed run reports what it measured before the interruption

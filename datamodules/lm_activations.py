@@ -17,58 +17,83 @@ from activations import language_model
 from activations.cache import ActivationCache
 from activations.corpus import SPLITS, fingerprint, read_documents, split_documents, tokenize
 from activations.harvest import activation_batches, harvest
+from datamodules.resumable import ResumableBatches
 from datamodules.tensor_batches import TensorBatches, rank_and_world_size
 
 log = logging.getLogger(__name__)
 SITES_HELP = "resid, attn, mlp or a submodule path"
 
 
-class ShardBatches:
+class ShardBatches(ResumableBatches):
     """Shuffled batches from memory-mapped shards: the shard order is shuffled each epoch and the rows
-    of ``window`` shards at a time are loaded and permuted (a cache larger than RAM works)."""
+    of ``window`` shards at a time are loaded and permuted (a cache larger than RAM works). Batches are
+    planned as global row numbers, so a resumed epoch skips its served batches without reading them."""
 
     def __init__(self, shards: list[np.ndarray], tokens: np.ndarray, batch_size: int, window: int, seed: int,
                  rank: int = 0, world_size: int = 1):
         self.shards, self.tokens, self.batch_size, self.window = shards, tokens, batch_size, window
         self.offsets = np.cumsum([0] + [len(s) for s in shards])
-        self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
+        self.seed, self.rank, self.world_size = seed, rank, world_size
 
     def __len__(self) -> int:
-        return math.ceil(self.offsets[-1] / self.world_size / self.batch_size)
+        return math.ceil(self.offsets[-1] // self.world_size / self.batch_size)
 
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        self.epoch += 1
+    def planned_batches(self):
+        """Each batch as global row numbers, with the shards it may read. The plan is the same on every rank:
+        global batches of world_size x batch_size rows, of which each rank takes its stride, so N ranks see
+        the batches one process would see at N times the batch size."""
+        generator, rest = self.generator(), torch.empty(0, dtype=torch.long)
         order = torch.randperm(len(self.shards), generator=generator).tolist()
-        rest_x, rest_t = torch.empty(0, self.shards[0].shape[1]), torch.empty(0, dtype=torch.long)
+        global_batch = self.batch_size * self.world_size
         for start in range(0, len(order), self.window):
             picked = order[start:start + self.window]
-            x = torch.cat([rest_x] + [torch.from_numpy(np.array(self.shards[i], dtype=np.float32)) for i in picked])
-            t = torch.cat([rest_t] + [torch.from_numpy(self.tokens[self.offsets[i]:self.offsets[i + 1]]).long()
-                                      for i in picked])
-            index = torch.randperm(len(x), generator=generator)[self.rank::self.world_size]
-            last_window = start + self.window >= len(order)
-            full = len(index) if last_window else len(index) // self.batch_size * self.batch_size
-            for begin in range(0, full, self.batch_size):
-                chunk = index[begin:begin + self.batch_size]
-                yield x[chunk], t[chunk]
-            # rows short of a batch join the next window (this rank's only; the others keep theirs)
-            rest_x, rest_t = x[index[full:]], t[index[full:]]
+            needed = set(picked) | set(self.shard_of(rest).tolist())
+            rows = torch.cat([rest] + [torch.arange(self.offsets[i], self.offsets[i + 1]) for i in picked])
+            rows = rows[torch.randperm(len(rows), generator=generator)]
+            if start + self.window >= len(order):  # the last window serves every row (see even_split)
+                full = len(rows) - len(rows) % self.world_size
+            else:
+                full = len(rows) // global_batch * global_batch
+            for begin in range(0, full, global_batch):
+                yield needed, rows[begin:min(begin + global_batch, full)][self.rank::self.world_size]
+            rest = rows[full:]  # rows short of a batch join the next window
+
+    def shard_of(self, rows: Tensor) -> Tensor:
+        return torch.from_numpy(np.searchsorted(self.offsets, rows.numpy(), side="right") - 1)
+
+    def batches(self, skip: int):
+        loaded: dict[int, Tensor] = {}  # the window's shards, each read whole (sequential reads)
+        for served, (needed, rows) in enumerate(self.planned_batches()):
+            if served < skip:
+                continue
+            loaded = {i: loaded[i] if i in loaded else torch.from_numpy(np.array(self.shards[i], dtype=np.float32))
+                      for i in needed}
+            shard = self.shard_of(rows)
+            x = torch.empty(len(rows), self.shards[0].shape[1])
+            for i in shard.unique().tolist():
+                mask = shard == i
+                x[mask] = loaded[i][rows[mask] - int(self.offsets[i])]
+            yield x, torch.from_numpy(self.tokens[rows.numpy()]).long()
 
 
-class MixingBuffer:
+class MixingBuffer(ResumableBatches):
     """Activations harvested on the fly: a buffer of ``size`` tokens is shuffled, its first half served
     as batches and its second half kept to mix with the next fill (SAELens's mixing buffer)."""
 
     def __init__(self, datamodule: "ActivationDataModule", size: int, seed: int):
-        self.dm, self.size, self.seed, self.epoch = datamodule, size, seed, 0
+        self.dm, self.size, self.seed = datamodule, size, seed
 
     def __len__(self) -> int:
         return math.ceil(self.dm.sequences["train"].tokens / self.dm.batch_size)
 
-    def __iter__(self):
-        dm, generator = self.dm, torch.Generator().manual_seed(self.seed + self.epoch)
-        self.epoch += 1
+    def batches(self, skip: int):
+        """A resumed epoch harvests its served batches again and drops them: exact, but not free."""
+        for served, batch in enumerate(self.harvested_batches()):
+            if served >= skip:
+                yield batch
+
+    def harvested_batches(self):
+        dm, generator = self.dm, self.generator()
         buffer_x, buffer_t = [], []
         batches = activation_batches(dm.lm, dm.modules, dm.sequences["train"], dm.harvest_batch_size)
         for end, ids, captured in batches:
@@ -222,9 +247,9 @@ class ActivationDataModule(pl.LightningDataModule):
 
     def train_dataloader(self):
         if not self.use_cache:
-            return MixingBuffer(self, self.mixing_buffer, self.seed)
+            return MixingBuffer(self, self.mixing_buffer, self.seed).following(self.trainer)
         return ShardBatches(self.train_shards, self.train_tokens, self.batch_size, self.shuffle_window, self.seed,
-                            *rank_and_world_size(self.trainer))
+                            *rank_and_world_size(self.trainer)).following(self.trainer)
 
     def eval_batches(self, split: str) -> TensorBatches:
         return TensorBatches(self.splits[split], self.eval_batch_size, False, self.seed,

@@ -5,31 +5,28 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from datamodules.resumable import ResumableBatches, even_split
+
 NORMALIZATIONS = ("none", "center", "standardize")
 
 
-class TensorBatches:
+class TensorBatches(ResumableBatches):
     def __init__(self, tensors: tuple[Tensor, ...], batch_size: int, shuffle: bool, seed: int = 0,
                  rank: int = 0, world_size: int = 1):
         self.tensors, self.batch_size, self.shuffle = tensors, batch_size, shuffle
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch = 0
 
     def _indices(self) -> Tensor:
         n = len(self.tensors[0])
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            self.epoch += 1
-            return torch.randperm(n, generator=generator)[self.rank::self.world_size]
-        return torch.arange(n)[self.rank::self.world_size]
+        order = torch.randperm(n, generator=self.generator()) if self.shuffle else torch.arange(n)
+        return order[even_split(n, self.rank, self.world_size)]
 
     def __len__(self) -> int:
-        n = len(range(self.rank, len(self.tensors[0]), self.world_size))
-        return -(-n // self.batch_size)
+        return -(-(len(self.tensors[0]) // self.world_size) // self.batch_size)
 
-    def __iter__(self):
+    def batches(self, skip: int):
         indices = self._indices()
-        for start in range(0, len(indices), self.batch_size):
+        for start in range(skip * self.batch_size, len(indices), self.batch_size):
             chunk = indices[start:start + self.batch_size]
             yield tuple(t[chunk] for t in self.tensors)
 
@@ -71,7 +68,7 @@ class TensorDataModule(pl.LightningDataModule):
     def _batches(self, split: str, shuffle: bool) -> TensorBatches:
         rank, world = rank_and_world_size(self.trainer)
         size = self.batch_size if shuffle else self.eval_batch_size
-        return TensorBatches(self.splits[split], size, shuffle, self.seed, rank, world)
+        return TensorBatches(self.splits[split], size, shuffle, self.seed, rank, world).following(self.trainer)
 
     def train_dataloader(self):
         return self._batches("train", shuffle=True)

@@ -1,10 +1,12 @@
 import gzip
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
 from datamodules.gaussian_mixture import GaussianMixtureDataModule
+from datamodules.lm_activations import ShardBatches
 from datamodules.mnist import BUNDLED_DIR, MNISTDataModule
 from datamodules.tensor_batches import TensorBatches
 
@@ -51,19 +53,49 @@ def test_missing_and_corrupt_files_name_the_path(tmp_path):
         datamodule.setup()
 
 
+def epoch(batches, epoch: int) -> torch.Tensor:
+    batches.set_epoch(epoch)  # as Lightning does at every epoch start
+    return torch.cat([b[0] for b in batches])
+
+
 def test_tensor_batches_cover_each_example_once_per_epoch_in_a_new_order():
     x = torch.arange(103)
     batches = TensorBatches((x,), batch_size=10, shuffle=True, seed=3)
-    first, second = (torch.cat([b for (b,) in batches]) for _ in range(2))
+    first, second = epoch(batches, 0), epoch(batches, 1)
     assert len(batches) == 11
     assert sorted(first.tolist()) == list(range(103)) == sorted(second.tolist())
-    assert not torch.equal(first, second)
+    assert not torch.equal(first, second) and torch.equal(first, epoch(batches, 0))
 
 
-def test_tensor_batches_shard_disjointly_across_ranks():
-    x = torch.arange(50)
-    shards = [torch.cat([b for (b,) in TensorBatches((x,), 8, True, seed=0, rank=r, world_size=2)]) for r in (0, 1)]
-    assert sorted(torch.cat(shards).tolist()) == list(range(50))
+def test_tensor_batches_shard_evenly_and_disjointly_across_ranks_as_one_doubled_batch():
+    x = torch.arange(51)
+    ranks = [TensorBatches((x,), 8, True, seed=0, rank=r, world_size=2) for r in (0, 1)]
+    one = TensorBatches((x,), 16, True, seed=0)
+    per_rank = [[b for (b,) in batches] for batches in ranks]
+    assert len(per_rank[0]) == len(per_rank[1]) == len(ranks[0]) == 4
+    assert [len(b) for b in per_rank[0]] == [len(b) for b in per_rank[1]]  # collectives need equal batches
+    for (whole,), part0, part1 in zip(one, *per_rank):  # 25 rows each: one row of 51 is dropped
+        assert set(part0.tolist()) | set(part1.tolist()) <= set(whole.tolist())
+    assert len(set(torch.cat(per_rank[0] + per_rank[1]).tolist())) == 50
+
+
+@pytest.mark.parametrize("stop", [0, 3, 7])
+def test_tensor_batches_resume_mid_epoch_from_their_state(stop):
+    x = torch.arange(70)
+    unbroken = TensorBatches((x,), 10, True, seed=5)
+    unbroken.set_epoch(2)
+    expected = [b for (b,) in unbroken]
+    killed = TensorBatches((x,), 10, True, seed=5)
+    killed.set_epoch(2)
+    served = iter(killed)
+    for _ in range(stop):
+        next(served)
+    resumed = TensorBatches((x,), 10, True, seed=5)
+    resumed.load_state_dict(killed.state_dict())
+    resumed.set_epoch(2)
+    rest = [b for (b,) in resumed]
+    assert len(rest) == 7 - stop and all(torch.equal(a, b) for a, b in zip(rest, expected[stop:]))
+    assert len(epoch(resumed, 3)) == 70  # the next epoch is whole
 
 
 def test_gaussian_mixture_is_reproducible_and_labelled():
@@ -71,3 +103,31 @@ def test_gaussian_mixture_is_reproducible_and_labelled():
     first.setup(), second.setup()
     assert torch.equal(first.splits["train"][0], second.splits["train"][0])
     assert first.splits["train"][0].shape == (4096, 5) and first.splits["test"][1].max() == 2
+
+
+def shard_batches(batch_size: int, rank: int = 0, world_size: int = 1) -> ShardBatches:
+    sizes = [30, 25, 40, 17, 9]
+    rows = np.arange(sum(sizes), dtype=np.float32)
+    shards = np.split(np.stack([rows, -rows], axis=1), np.cumsum(sizes)[:-1])
+    return ShardBatches(shards, np.arange(sum(sizes)), batch_size, window=2, seed=1, rank=rank, world_size=world_size)
+
+
+def test_shard_batches_serve_every_row_once_with_its_token_and_resume_mid_epoch():
+    batches = shard_batches(8)
+    batches.set_epoch(1)
+    served = list(batches)
+    x = torch.cat([b[0] for b in served])
+    assert len(served) == len(batches) and sorted(x[:, 0].tolist()) == list(range(121))
+    assert all(torch.equal(b[0][:, 0].long(), b[1]) and torch.equal(b[0][:, 1], -b[0][:, 0]) for b in served)
+    resumed = shard_batches(8)
+    resumed.load_state_dict({"epoch": 1, "position": 6})
+    resumed.set_epoch(1)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(resumed, served[6:], strict=True))
+
+
+def test_shard_batches_on_two_ranks_split_the_batches_of_one_process_at_twice_the_batch():
+    one = [b[1] for b in shard_batches(16)]
+    ranks = [[b[1] for b in shard_batches(8, rank, 2)] for rank in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == len(shard_batches(8, 0, 2))
+    for whole, part0, part1 in zip(one, *ranks, strict=True):
+        assert len(part0) == len(part1) and set(part0.tolist()) | set(part1.tolist()) <= set(whole.tolist())

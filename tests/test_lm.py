@@ -121,7 +121,10 @@ def test_training_batches_cover_the_train_split_once_per_epoch_with_and_without_
     dm.setup("fit")
     total = len(dm.train_tokens)
     loader = dm.train_dataloader()  # one per fit, iterated once per epoch, as Lightning does
-    epochs = [list(loader) for _ in range(2)]
+    epochs = []
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        epochs.append(list(loader))
     for batches in epochs:
         tokens = torch.cat([t for _, t in batches])
         assert len(tokens) == total and len(batches) == len(loader)

@@ -94,12 +94,12 @@ def test_non_finite_loss_stops_with_the_step_and_term(tmp_path):
     assert read_metrics(tmp_path)["status"].startswith("failed: non-finite loss")
 
 
-def test_a_run_resumes_from_its_last_checkpoint(tmp_path):
-    first, resumed = tmp_path / "first", tmp_path / "resumed"
+def test_a_run_resumed_from_a_checkpoint_continues_in_its_run_folder(tmp_path):
+    first = tmp_path / "first"
     run_cli("train.py", *QUICK, "callbacks.final_evaluation.probe=false", f"hydra.run.dir={first}")
     steps_per_epoch = read_metrics(first)["global_step"]
     run_cli("train.py", *QUICK, "callbacks.final_evaluation.probe=false", "trainer.max_epochs=2",
-            f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={resumed}")
-    metrics = read_metrics(resumed)
+            f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}", cwd=tmp_path)
+    metrics = read_metrics(first)
     assert metrics["global_step"] == 2 * steps_per_epoch and metrics["epoch"] == 2
-    assert metrics["status"] == "finished"
+    assert metrics["status"] == "finished" and not (tmp_path / "outputs").exists()

@@ -1,0 +1,43 @@
+"""Exact resume: a run killed with SIGKILL mid-epoch and started again ends where an unbroken run ends."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from conftest import ROOT, read_metrics, run_cli
+
+STEPS_PER_EPOCH = 128  # 16384 examples / batch 128
+ARGS = ["train.py", "data=gaussian_mixture", "data.n_train=16384", "trainer.max_epochs=2", "logger=csv",
+        "callbacks.unit_metrics.figures=false", "checkpoint.every_n_steps=20"]
+
+
+def weights(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(tmp_path):
+    unbroken, killed = tmp_path / "unbroken", tmp_path / "killed"
+    run_cli(*ARGS, f"hydra.run.dir={unbroken}")
+
+    env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1")
+    process = subprocess.Popen([sys.executable, *ARGS, f"hydra.run.dir={killed}"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = killed / "checkpoints" / "last.ckpt"
+    while not checkpoint.exists() and process.poll() is None:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    step = torch.load(checkpoint, weights_only=True)["global_step"]
+    assert 0 < step < 2 * STEPS_PER_EPOCH and step % STEPS_PER_EPOCH != 0  # died mid-epoch, mid-run
+
+    resumed = run_cli(*ARGS, f"hydra.run.dir={killed}")  # the same command again
+    assert f"resuming from {checkpoint}" in resumed.stderr + resumed.stdout
+    assert read_metrics(killed) == read_metrics(unbroken)
+    expected = weights(unbroken)
+    assert all(torch.equal(value, expected[name]) for name, value in weights(killed).items())
+
+    again = run_cli(*ARGS, f"hydra.run.dir={killed}")
+    assert "already finished" in again.stderr + again.stdout
