@@ -43,7 +43,7 @@ class UnitMetrics(pl.Callback):
         scalars["dead_at_init"] = self.dead_at_init
         scalars["weight_norm"] = float(pl_module.feature_directions().detach().norm())
         scalars["params"] = float(sum(p.numel() for p in pl_module.parameters() if p.requires_grad))
-        pl_module.log_dict(scalars)
+        pl_module.log_dict(scalars, sync_dist=True)  # equal on every rank already (torchmetrics syncs)
 
     def on_fit_end(self, trainer, pl_module):
         if not self.arrays or trainer.global_rank != 0:

@@ -55,13 +55,22 @@ class SparseCoder(pl.LightningModule):
             return 1.0
         return min(1.0, self.global_step / (self.sparsity_warmup * self.trainer.estimated_stepping_batches))
 
+    def global_batch(self, values: Tensor) -> Tensor:
+        """Every rank's rows of ``values``, in rank order, differentiable with respect to this rank's."""
+        return self.all_gather(values, sync_grads=True).flatten(0, 1)
+
+    def losses(self, out: dict, **options) -> dict[str, Tensor]:
+        ranks = self.trainer.world_size if self._trainer else 1
+        return self.loss(out, global_batch=self.global_batch if ranks > 1 else None, ranks=ranks, **options)
+
     def training_step(self, batch, batch_idx):
-        terms = self.loss(self(batch[0]), sparsity_scale=self.sparsity_scale())
+        terms = self.losses(self(batch[0]), sparsity_scale=self.sparsity_scale())
         self._check_finite(terms)
         # only on the steps the logger writes (Lightning's own "+ 1"): each self.log costs ~0.5 ms,
         # more than a whole step of a small model (benchmarks/step_overhead.py)
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
-            self.log_dict({f"train/{name}": value for name, value in terms.items()})
+            # averaged over ranks: the global batch's values (a per-rank sum is already scaled by the ranks)
+            self.log_dict({f"train/{name}": value for name, value in terms.items()}, sync_dist=True)
             if self.sparsity_warmup:
                 self.log("train/sparsity_scale", self.sparsity_scale())
             self.log("train/weight_norm", self.feature_directions().detach().norm())
@@ -69,8 +78,8 @@ class SparseCoder(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         out = self(batch[0])
-        terms = self.loss(out, reduction="mean")  # per example, whatever the eval batch size
-        self.log_dict({f"val/{name}": value for name, value in terms.items()})
+        terms = self.losses(out, reduction="mean")  # per example, whatever the eval batch size
+        self.log_dict({f"val/{name}": value for name, value in terms.items()}, sync_dist=True)
         return out
 
     def on_train_batch_end(self, outputs, batch, batch_idx):

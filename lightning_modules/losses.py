@@ -4,6 +4,10 @@ A model's forward pass returns a dict of tensors (``x``, ``z``, ``a``, and ``x_h
 decoder). A term reads the keys it declares and returns either one value per example (reduced over
 the batch by the composite's ``reduction``) or one value for the whole batch (batch statistics such
 as the variance and decorrelation terms, where a per-example reduction has no meaning).
+
+Under data parallelism, N ranks with batch B train as one process with batch N*B: batch statistics are
+computed on the global batch (``global_batch`` gathers it with gradients), and a per-rank ``sum`` is
+scaled by N, since DDP averages the ranks' gradients.
 """
 from dataclasses import dataclass
 from typing import Callable
@@ -96,15 +100,20 @@ class CompositeLoss:
             if missing:
                 raise ValueError(f"loss term '{name}' needs {sorted(missing)}, which {model_name} does not produce")
 
-    def __call__(self, out: dict, sparsity_scale: float = 1.0, reduction: str | None = None) -> dict[str, Tensor]:
+    def __call__(self, out: dict, sparsity_scale: float = 1.0, reduction: str | None = None,
+                 global_batch: Callable[[Tensor], Tensor] | None = None, ranks: int = 1) -> dict[str, Tensor]:
         reduction = reduction or self.reduction
-        values, total = {}, 0.0
+        values, total, gathered = {}, 0.0, {}
         for name, weight in self.weights.items():
             term = LOSS_TERMS[name]
             with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
-                value = term.fn(out, **self.options)
                 if term.per_example:
-                    value = value.sum() if reduction == "sum" else value.mean()
+                    value = term.fn(out, **self.options)
+                    value = value.sum() * ranks if reduction == "sum" else value.mean()
+                else:
+                    if global_batch is not None:
+                        gathered |= {key: global_batch(out[key]) for key in term.needs - gathered.keys()}
+                    value = term.fn(out | gathered, **self.options)
             values[name] = value
             if weight > 0:
                 total = total + weight * (sparsity_scale if term.sparsity else 1.0) * value
