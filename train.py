@@ -45,6 +45,11 @@ OmegaConf.register_new_resolver("run_id", run_id)
 CONFIG_ERRORS = (ValueError, FileNotFoundError, InstantiationException)
 
 
+class RunError(Exception):
+    """A run that cannot start or did not end: one line for the user (a single run exits with it; in a
+    sweep it fails that job, which the launcher reports at the end while the others go on)."""
+
+
 def root_cause(error: BaseException) -> str:
     """Hydra wraps a constructor's error in InstantiationException; the user wants the original line."""
     while isinstance(error, InstantiationException) and error.__cause__ is not None:
@@ -93,7 +98,7 @@ def fit(cfg: DictConfig) -> pl.Trainer | None:
         ckpt_path = checkpoint_to_resume(cfg, run_dir)
         datamodule, model = build(cfg)
     except CONFIG_ERRORS as error:
-        sys.exit(f"error: {root_cause(error)}")
+        raise RunError(f"error: {root_cause(error)}") from None
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
     calibrated = None
@@ -133,7 +138,12 @@ def fit(cfg: DictConfig) -> pl.Trainer | None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    fit(cfg)
+    try:
+        fit(cfg)
+    except RunError as error:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        sys.exit(str(error))
 
 
 if __name__ == "__main__":

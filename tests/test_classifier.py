@@ -80,7 +80,7 @@ def test_unknown_activation_fails_in_one_line_before_training(tmp_path):
         cfg = compose("train", overrides=["experiment=classifier", "model.activation=tanh", "logger=csv",
                                           "torch_threads=null", f"paths.output_dir={tmp_path}"])  # pytest's stay
     assert "loss" not in cfg and cfg.callbacks.unit_metrics is None and cfg.callbacks.final_evaluation is None
-    with pytest.raises(SystemExit) as exit_:
+    with pytest.raises(train.RunError) as error:
         train.fit(cfg)
-    assert exit_.value.code == "error: unknown model.activation 'tanh'; choose from ['relu', 'geglu']"
+    assert str(error.value) == "error: unknown model.activation 'tanh'; choose from ['relu', 'geglu']"
     assert not (tmp_path / "metrics.json").exists()

@@ -1,0 +1,140 @@
+"""Hydra's sequential launcher and submitit's local and SLURM launchers, each finishing a sweep whatever
+its jobs do:
+- every job's outcome is collected, a job that died without a result (OOM, scancel) included, where the
+  stock submitit launcher stops waiting at the first such job;
+- the sweep ends with one line per failed job, naming its run folder and its error, and exits non-zero;
+- a SLURM request the cluster cannot meet stops the sweep in one line before anything is submitted;
+- local parallel jobs get one intra-op thread each (``torch_threads=1``) unless the sweep sets it.
+
+Imported when Hydra scans its plugins: nothing heavy at module level.
+"""
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+from hydra.core.utils import JobReturn, JobStatus
+from hydra_plugins.hydra_submitit_launcher import submitit_launcher
+
+
+def first_line(error: BaseException) -> str:
+    while error.__cause__ is not None:  # Hydra's InstantiationException wraps the constructor's error
+        error = error.__cause__
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+class ReportsFailures:
+    def launch(self, job_overrides, initial_job_idx):
+        returns = self.launch_all(job_overrides, initial_job_idx)
+        failed = [(initial_job_idx + i, r) for i, r in enumerate(returns) if r.status == JobStatus.FAILED]
+        for num, job in failed:
+            print(f"failed: {self.run_dir(job, job_overrides[num - initial_job_idx])}: {first_line(job._return_value)}",
+                  file=sys.stderr)
+        if failed:
+            sys.exit(f"error: {len(failed)} of {len(returns)} jobs failed (their lines above); the others finished")
+        return returns
+
+    def launch_all(self, job_overrides, initial_job_idx):
+        return super().launch(job_overrides, initial_job_idx)
+
+    def run_dir(self, job: JobReturn, overrides) -> str:
+        if job.hydra_cfg is not None:
+            return job.hydra_cfg.hydra.runtime.output_dir
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        return str(Path(config.hydra.sweep.dir) / str(config.hydra.sweep.subdir))
+
+
+class SequentialLauncher(ReportsFailures, BasicLauncher):
+    pass
+
+
+@contextmanager
+def outcomes_of_every_job():
+    """submitit's launcher collects ``job.results()`` in order and raises at the first job without a result;
+    here such a job becomes a failed JobReturn and the launcher waits for the rest."""
+    import submitit
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    results = submitit.Job.results
+
+    def collected(job):
+        try:
+            return results(job)
+        except (FailedJobError, UncompletedJobError) as error:
+            died = JobReturn(status=JobStatus.FAILED)
+            died.return_value = RuntimeError(f"{type(error).__name__} (SLURM state {job.state}): {first_line(error)}")
+            return [died]
+
+    submitit.Job.results = collected
+    try:
+        yield
+    finally:
+        submitit.Job.results = results
+
+
+class SubmititReportsFailures(ReportsFailures):
+    def launch_all(self, job_overrides, initial_job_idx):
+        with outcomes_of_every_job():
+            return super().launch_all(job_overrides, initial_job_idx)
+
+
+class LocalLauncher(SubmititReportsFailures, submitit_launcher.LocalLauncher):
+    def launch_all(self, job_overrides, initial_job_idx):
+        # the jobs run side by side: one intra-op thread each, unless the sweep says otherwise
+        job_overrides = [list(o) if any(x.startswith("torch_threads=") for x in o) else [*o, "torch_threads=1"]
+                         for o in job_overrides]
+        return super().launch_all(job_overrides, initial_job_idx)
+
+
+class SlurmLauncher(SubmititReportsFailures, submitit_launcher.SlurmLauncher):
+    def launch_all(self, job_overrides, initial_job_idx):
+        problem = cluster_problem(self.params, self.config.trainer)
+        if problem:
+            sys.exit(f"error: {problem}")
+        return super().launch_all(job_overrides, initial_job_idx)
+
+
+def sinfo(partition: str | None, field: str) -> list[str]:
+    command = ["sinfo", "--noheader", "--format", field] + (["--partition", partition] if partition else [])
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()
+
+
+def gpus(gres: str) -> int:
+    """GPUs in a node's gres, e.g. gpu:4 or gpu:a100:8(S:0-1); 0 for (null)."""
+    counts = [part.split("(")[0].split(":")[-1] for part in gres.split(",") if part.startswith("gpu")]
+    return sum(int(count) for count in counts if count.isdigit())
+
+
+def cluster_problem(launcher: dict, trainer) -> str | None:
+    """What the cluster cannot give this sweep, in one line; None when it can."""
+    devices, tasks = trainer.devices, launcher["tasks_per_node"]
+    gpus_per_node = launcher.get("gpus_per_node") or 0
+    if isinstance(devices, int) and devices > 0 and tasks != devices:
+        return (f"hydra.launcher.tasks_per_node={tasks} but trainer.devices={devices}: Lightning under SLURM "
+                f"runs one task per device")
+    if devices == -1 and tasks != gpus_per_node:
+        return f"trainer.devices=-1 (all) needs hydra.launcher.tasks_per_node = gpus_per_node, got {tasks} and " \
+               f"{gpus_per_node}"
+    if launcher["nodes"] != trainer.get("num_nodes", 1):
+        return f"hydra.launcher.nodes={launcher['nodes']} but trainer.num_nodes={trainer.get('num_nodes', 1)}"
+    partition = launcher.get("partition")
+    try:
+        partitions = sinfo(None, "%P")
+    except (OSError, subprocess.CalledProcessError) as error:
+        return f"no SLURM cluster answers (sinfo: {first_line(error)}); hydra/launcher=local runs the sweep here"
+    names = [name.rstrip("*") for name in partitions]
+    if partition and partition not in names:
+        return f"unknown partition {partition!r}; the cluster has {sorted(set(names))}"
+    partition = partition or next((name.rstrip("*") for name in partitions if name.endswith("*")), names[0])
+    node_gpus = max(gpus(gres) for gres in sinfo(partition, "%G"))
+    node_cpus = max(int(cpus) for cpus in sinfo(partition, "%c"))
+    wanted_gpus = max(gpus_per_node, tasks if trainer.accelerator == "gpu" else 0)
+    if wanted_gpus > node_gpus:
+        return f"{wanted_gpus} GPUs per node requested, but the nodes of partition {partition} have {node_gpus}"
+    wanted_cpus = tasks * (launcher.get("cpus_per_task") or 1)
+    if wanted_cpus > node_cpus:
+        return f"{wanted_cpus} CPUs per node requested (tasks_per_node x cpus_per_task), but the nodes of " \
+               f"partition {partition} have {node_cpus}"
+    return None

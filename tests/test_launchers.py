@@ -1,0 +1,24 @@
+"""Sweeps whose jobs fail: the others finish, and the sweep ends with one line per failed job."""
+import pytest
+
+from conftest import QUICK, read_metrics, run_cli
+
+
+@pytest.mark.parametrize("launcher", ["sequential", "local"])
+def test_a_failed_job_keeps_the_others_and_is_reported_in_one_line(tmp_path, launcher):
+    result = run_cli("train.py", "-m", f"hydra/launcher={launcher}", *QUICK, "model.hidden_dim=8,-1,4",
+                     f"hydra.sweep.dir={tmp_path}", check=False)
+    assert result.returncode != 0
+    assert [read_metrics(tmp_path / job)["status"] for job in ("0", "2")] == ["finished", "finished"]
+    lines = result.stderr.strip().splitlines()
+    assert lines[-2:] == [f"failed: {tmp_path / '1'}: error: model.hidden_dim must be > 0, got -1",
+                          "error: 1 of 3 jobs failed (their lines above); the others finished"]
+
+
+def test_a_slurm_request_that_cannot_match_the_trainer_fails_before_submitting(tmp_path):
+    result = run_cli("train.py", "-m", "hydra/launcher=slurm", *QUICK, "loss=lse,lse_var",
+                     "hydra.launcher.tasks_per_node=2", f"hydra.sweep.dir={tmp_path}", check=False)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == ("error: hydra.launcher.tasks_per_node=2 but trainer.devices=1: "
+                                                      "Lightning under SLURM runs one task per device")
+    assert not (tmp_path / ".submitit").exists()
