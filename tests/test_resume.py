@@ -41,3 +41,27 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(tmp_path
 
     again = run_cli(*ARGS, f"hydra.run.dir={killed}")
     assert "already finished" in again.stderr + again.stdout
+
+
+def test_a_job_signalled_before_its_time_limit_checkpoints_requeues_and_ends_as_if_unbroken(tmp_path):
+    """The local launcher's jobs take submitit's USR2 handler as SLURM jobs do; requeued, the job resumes
+    in its run folder, with its W&B run."""
+    overrides = ARGS[1:] + ["trainer.max_epochs=6", "torch_threads=1", "logger=wandb"]
+    run_cli("train.py", *overrides, f"hydra.run.dir={tmp_path / 'unbroken'}")
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", OMP_NUM_THREADS="1")
+    sweep = tmp_path / "sweep"
+    process = subprocess.Popen([sys.executable, "train.py", "-m", "hydra/launcher=local", *overrides,
+                                f"hydra.sweep.dir={sweep}"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    while not (sweep / "0" / "checkpoints" / "last.ckpt").exists() and process.poll() is None:
+        time.sleep(0.005)
+    subprocess.run(["pkill", "-USR2", "-f", f"submitit.core._submit {sweep}"], check=True)
+    assert process.wait(timeout=300) == 0
+
+    log = (sweep / "0" / "train.log").read_text()
+    assert "SIGUSR2 received" in log and f"resuming from {sweep / '0' / 'checkpoints' / 'last.ckpt'}" in log
+    assert read_metrics(sweep / "0") == read_metrics(tmp_path / "unbroken")
+    expected = weights(tmp_path / "unbroken")
+    assert all(torch.equal(value, expected[name]) for name, value in weights(sweep / "0").items())
+    runs = {path.name.rsplit("-", 1)[1] for path in (sweep / "0" / "wandb").glob("offline-run-*")}
+    assert len(list((sweep / "0" / "wandb").glob("offline-run-*"))) == 2 and len(runs) == 1  # one run, resumed
