@@ -130,6 +130,9 @@ def fit(cfg: DictConfig) -> pl.Trainer | None:
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             sys.exit(message)
         print(message, file=sys.stderr)  # a diverged configuration is a result of the sweep, not its end
+    except SystemExit:  # stopped by SLURM (callbacks/resume.py): it resumes later; W&B's service got the signal too
+        logger = False
+        raise
     finally:
         if logger and hasattr(logger.experiment, "finish"):
             logger.experiment.finish()
