@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import QUICK, ROOT, read_metrics, run_cli
+from test_ddp import COMMON, DOUBLED_BATCH, HALF_BATCH, assert_same_training
 
 LAUNCH = ["-m", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1",
           "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=10"]
@@ -78,3 +79,11 @@ def test_a_job_requeued_mid_training_resumes_and_ends_as_if_unbroken(tmp_path, i
     resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert all(torch.equal(value, expected[name]) for name, value in resumed.items())
     assert len({path.name.rsplit("-", 1)[1] for path in (run / "wandb").glob("offline-run-*")}) == 1
+
+
+def test_ddp_under_slurm_runs_one_task_per_device_and_trains_as_one_process(tmp_path):
+    run_cli("train.py", *LAUNCH, *COMMON, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *HALF_BATCH,
+            f"hydra.sweep.dir={tmp_path / 'ddp'}")
+    assert len(list((tmp_path / "ddp" / ".submitit").glob("*/*_1_log.out"))) == 1  # srun started a second task
+    run_cli("train.py", *COMMON, *DOUBLED_BATCH, f"hydra.run.dir={tmp_path / 'one'}")
+    assert_same_training(tmp_path / "ddp" / "0", tmp_path / "one")
