@@ -151,3 +151,21 @@ def auxk(out: dict, eps: float, bounded_variance: bool) -> Tensor:
         return torch.zeros(len(out["x"]), device=out["x"].device)
     residual = (out["x"] - out["x_hat"]).detach()
     return ((residual - out["aux_x_hat"]) ** 2).sum(dim=-1)
+
+
+@register("matryoshka", needs=("x", "prefix_x_hats"))
+def matryoshka(out: dict, eps: float, bounded_variance: bool) -> Tensor:
+    """The squared error of every nested prefix's reconstruction, summed over prefixes."""
+    return sum(((out["x"] - x_hat) ** 2).sum(dim=-1) for x_hat in out["prefix_x_hats"])
+
+
+@register("gate_l1", needs=("gate_activity", "decoder_norms"), sparsity=True)
+def gate_l1(out: dict, eps: float, bounded_variance: bool) -> Tensor:
+    """The Gated SAE's sparsity penalty: relu(pi_gate), weighted by the decoder norms like l1_decnorm."""
+    return (out["gate_activity"] * out["decoder_norms"]).sum(dim=-1)
+
+
+@register("gate_aux", needs=("x", "gate_x_hat"))
+def gate_aux(out: dict, eps: float, bounded_variance: bool) -> Tensor:
+    """The gate path's own reconstruction through the frozen decoder: trains the gate, not the decoder."""
+    return ((out["x"] - out["gate_x_hat"]) ** 2).sum(dim=-1)

@@ -3,6 +3,9 @@
     SparseAutoencoder  a = relu(W_enc (x - b_dec) + b_enc),  x_hat = W_dec a + b_dec   (+ l1 or l1_decnorm)
     JumpReLUSAE        a = z * 1[z > theta], theta learned; a sigmoid surrogate carries the gradient to theta
     TopKSAE            keep the k largest activations; AuxK lets dead latents model the residual
+    BatchTopKSAE       the k*B largest over the batch in training; a learned threshold (a JumpReLU) at evaluation
+    MatryoshkaSAE      BatchTopK whose nested dictionary prefixes each reconstruct the input
+    GatedSAE           a gate path decides which latents fire, a magnitude path (same directions) how much
 """
 import torch
 import torch.nn.functional as F
@@ -126,3 +129,83 @@ class TopKSAE(SparseAutoencoder):
             values, indices = F.relu(z.masked_fill(~dead, float("-inf"))).topk(k_aux, dim=-1)
             out["aux_x_hat"] = torch.zeros_like(z).scatter(-1, indices, values) @ self.decoder_weight().T
         return out
+
+
+class BatchTopKSAE(TopKSAE):
+    """Training keeps the k * B largest activations of the batch, so examples share a budget of k on average.
+    The running mean of the smallest activation kept becomes a threshold, and evaluation is a JumpReLU at it:
+    its L0 is measured, not set (dictionary_learning's and SAELens's BatchTopK)."""
+
+    def __init__(self, *args, threshold_decay: float = 0.999, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not 0 <= threshold_decay < 1:
+            raise ValueError(f"model.threshold_decay must be in [0, 1), got {threshold_decay}")
+        self.threshold_decay = threshold_decay
+        self.register_buffer("threshold", torch.tensor(-1.0))  # -1: no training batch seen yet
+
+    def activate(self, z: Tensor) -> Tensor:
+        positive = F.relu(z)
+        if not self.training:
+            return positive * (z > self.threshold)
+        values, indices = positive.flatten().topk(min(self.k * len(z), z.numel()))
+        kept = values[values > 0]
+        if len(kept):
+            with torch.no_grad():
+                smallest = kept.min()
+                first = self.threshold < 0
+                self.threshold.copy_(smallest if first else self.threshold_decay * self.threshold
+                                     + (1 - self.threshold_decay) * smallest)
+        return torch.zeros_like(positive.flatten()).scatter(0, indices, values).view_as(z)
+
+
+class MatryoshkaSAE(BatchTopKSAE):
+    """Nested dictionaries: the first ``prefixes[0]`` latents reconstruct the input alone, the first
+    ``prefixes[1]`` too, and so on up to all of them; the ``matryoshka`` term sums their errors."""
+    provides = BatchTopKSAE.provides | {"prefix_x_hats"}
+
+    def __init__(self, *args, prefixes: list[int] = (16, 32), **kwargs):
+        super().__init__(*args, **kwargs)
+        hidden_dim = self.hparams.hidden_dim
+        self.prefixes = sorted(set(int(size) for size in prefixes) | {hidden_dim})
+        if self.prefixes[0] <= 0 or self.prefixes[-1] > hidden_dim:
+            raise ValueError(f"model.prefixes must lie in [1, hidden_dim={hidden_dim}], got {list(prefixes)}")
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        out = super().forward(x)
+        weight, x_hat, start = self.decoder_weight(), self.b_dec.expand_as(out["x"]), 0
+        out["prefix_x_hats"] = []
+        for end in self.prefixes:  # each prefix adds its own latents to the previous reconstruction
+            x_hat = x_hat + out["a"][:, start:end] @ weight[:, start:end].T
+            out["prefix_x_hats"].append(x_hat)
+            start = end
+        return out
+
+
+class GatedSAE(SparseAutoencoder):
+    """Gated SAE (Rajamanoharan et al. 2024): pi_gate = W (x - b_dec) + b_gate decides which latents fire,
+    pi_mag = exp(r_mag) * W (x - b_dec) + b_mag how much, a = 1[pi_gate > 0] * relu(pi_mag). The sparsity
+    penalty (``gate_l1``) acts on relu(pi_gate), which the ``gate_aux`` term makes reconstruct x through a
+    frozen copy of the decoder, so that the gate path learns what the gate needs."""
+    provides = SparseAutoencoder.provides | {"gate_activity", "gate_x_hat"}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.r_mag = nn.Parameter(torch.zeros(self.hparams.hidden_dim))
+        self.b_mag = nn.Parameter(torch.zeros(self.hparams.hidden_dim))
+
+    def gates(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """pi_gate and pi_mag."""
+        centred = x * self.input_scale - self.b_dec
+        shared = centred @ self.encoder.weight.T
+        return shared + self.encoder.bias, shared * self.r_mag.exp() + self.b_mag
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        pi_gate, pi_mag = self.gates(x)
+        return pi_gate, (pi_gate > 0).to(pi_mag.dtype) * F.relu(pi_mag)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        pi_gate, pi_mag = self.gates(x)
+        a = (pi_gate > 0).to(pi_mag.dtype) * F.relu(pi_mag)
+        activity = F.relu(pi_gate)
+        frozen = activity @ self.decoder_weight().detach().T + self.b_dec.detach()
+        return self.reconstruction(x, pi_gate, a) | {"gate_activity": activity, "gate_x_hat": frozen}

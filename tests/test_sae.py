@@ -3,7 +3,7 @@ import torch
 
 from lightning_modules.encoder import DecoderFreeEncoder
 from lightning_modules.losses import LOSS_TERMS, CompositeLoss
-from lightning_modules.sae import JumpReLUSAE, SparseAutoencoder, TopKSAE
+from lightning_modules.sae import BatchTopKSAE, GatedSAE, JumpReLUSAE, MatryoshkaSAE, SparseAutoencoder, TopKSAE
 
 OPTIONS = dict(eps=1e-6, bounded_variance=False)
 MSE_L1 = {"mse": 1.0, "l1": 1e-2}
@@ -18,7 +18,10 @@ def batch(n=32, d=10, seed=0):
     SparseAutoencoder(10, 24, CompositeLoss(MSE_L1), tied=True),
     JumpReLUSAE(10, 24, CompositeLoss({"mse": 1.0, "l0": 1e-2})),
     TopKSAE(10, 24, CompositeLoss({"mse": 1.0, "auxk": 1 / 32}), k=4),
-])
+    BatchTopKSAE(10, 24, CompositeLoss({"mse": 1.0, "auxk": 1 / 32}), k=4),
+    MatryoshkaSAE(10, 24, CompositeLoss({"matryoshka": 1.0, "auxk": 1 / 32}), k=4, prefixes=[6, 12]),
+    GatedSAE(10, 24, CompositeLoss({"mse": 1.0, "gate_l1": 1e-2, "gate_aux": 1.0})),
+], ids=["relu", "tied", "jumprelu", "topk", "batchtopk", "matryoshka", "gated"])
 def test_shapes_and_every_parameter_gets_a_gradient(model):
     out = model(batch())
     assert out["a"].shape == (32, 24) and out["x_hat"].shape == (32, 10)
@@ -91,3 +94,39 @@ def test_unit_norm_decoder_is_kept_after_a_step():
 def test_model_and_loss_that_do_not_fit_are_rejected(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_batchtopk_keeps_k_per_example_on_average_and_its_threshold_gives_that_l0_at_evaluation():
+    torch.manual_seed(0)
+    model = BatchTopKSAE(10, 64, CompositeLoss({"mse": 1.0}), k=5, threshold_decay=0.9).double()
+    data = [batch(128, seed=seed).double() for seed in range(60)]
+    for x in data:  # training forward passes only: the threshold follows the batches' cut-off
+        a = model(x)["a"]
+        assert int((a > 0).sum()) == 5 * 128
+        assert (a > 0).sum(1).float().std() > 0  # a batch budget, not k per example
+    model.eval()
+    l0 = torch.cat([(model(x)["a"] > 0).sum(1) for x in data]).double().mean()
+    assert abs(float(l0) - 5) < 0.5
+
+
+def test_matryoshka_loss_sums_the_errors_of_its_nested_prefixes():
+    model = MatryoshkaSAE(10, 24, CompositeLoss({"matryoshka": 1.0}), k=6, prefixes=[4, 12]).double()
+    x = batch().double()
+    out = model(x)
+    weight, expected = model.decoder_weight(), 0.0
+    for end in (4, 12, 24):
+        x_hat = out["a"][:, :end] @ weight[:, :end].T + model.b_dec
+        expected = expected + ((x - x_hat) ** 2).sum(-1)
+    torch.testing.assert_close(LOSS_TERMS["matryoshka"].fn(out, **OPTIONS), expected)
+    torch.testing.assert_close(out["prefix_x_hats"][-1], out["x_hat"])
+
+
+def test_gated_auxiliary_loss_trains_the_gate_and_not_the_decoder():
+    model = GatedSAE(10, 24, CompositeLoss({"mse": 1.0, "gate_l1": 1e-2, "gate_aux": 1.0})).double()
+    out = model(batch().double())
+    LOSS_TERMS["gate_aux"].fn(out, **OPTIONS).sum().backward()
+    assert model.W_dec.grad is None  # the decoder is frozen in this term (b_dec learns only as the input shift)
+    assert model.encoder.weight.grad.abs().sum() > 0 and model.encoder.bias.grad.abs().sum() > 0
+    x = batch().double()
+    pi_gate, pi_mag = model.gates(x)
+    assert torch.equal(model(x)["a"] > 0, (pi_gate > 0) & (pi_mag > 0))
