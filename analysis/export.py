@@ -19,7 +19,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_modules.sae import JumpReLUSAE, SparseAutoencoder, TopKSAE
+from lightning_modules.sae import BatchTopKSAE, GatedSAE, JumpReLUSAE, SparseAutoencoder, TopKSAE
 
 SAELENS_FORMAT_VERSION = "6.0.0"  # the cfg.json layout of SAELens 6 (metadata nested)
 
@@ -30,9 +30,14 @@ def saelens_tensors(model: SparseAutoencoder) -> dict[str, torch.Tensor]:
     b_enc = model.encoder.bias.detach().double()
     W_dec = model.decoder_weight().detach().T.double() / s  # [d_sae, d_in]
     b_dec = model.b_dec.detach().double() / s
-    threshold = model.log_threshold.detach().exp().double() if isinstance(model, JumpReLUSAE) else None
+    threshold = None
+    if isinstance(model, JumpReLUSAE):
+        threshold = model.theta().detach().double()
+    elif isinstance(model, BatchTopKSAE):  # evaluated as a JumpReLU at its learned threshold
+        threshold = model.threshold.detach().double().clamp_min(0).expand(model.hparams.hidden_dim)
     norms = W_dec.norm(dim=1)
-    if not isinstance(model, TopKSAE) or torch.allclose(norms, norms.mean(), rtol=1e-5):
+    per_example_topk = isinstance(model, TopKSAE) and not isinstance(model, BatchTopKSAE)
+    if not per_example_topk or torch.allclose(norms, norms.mean(), rtol=1e-5):
         W_dec, W_enc, b_enc = W_dec / norms[:, None], W_enc * norms, b_enc * norms
         threshold = None if threshold is None else threshold * norms
     tensors = {"W_enc": W_enc, "W_dec": W_dec, "b_enc": b_enc, "b_dec": b_dec}
@@ -42,8 +47,10 @@ def saelens_tensors(model: SparseAutoencoder) -> dict[str, torch.Tensor]:
 
 
 def saelens_config(model: SparseAutoencoder, cfg: dict, hook_name: str | None) -> dict:
-    architecture = ("jumprelu" if isinstance(model, JumpReLUSAE) else "topk" if isinstance(model, TopKSAE)
-                    else "standard")
+    if isinstance(model, GatedSAE):
+        raise ValueError("a Gated SAE has no export to the SAELens format yet")
+    architecture = ("jumprelu" if isinstance(model, (JumpReLUSAE, BatchTopKSAE)) else "topk"
+                    if isinstance(model, TopKSAE) else "standard")
     data = cfg["data"]
     config = {"architecture": architecture, "d_in": model.hparams.input_dim, "d_sae": model.hparams.hidden_dim,
               "dtype": "float32", "apply_b_dec_to_input": True, "normalize_activations": "none",

@@ -38,7 +38,7 @@ class UnitMetrics(pl.Callback):
             return
         values = self.stats.compute()
         self.stats.reset()
-        self.arrays = {name: values.pop(name).cpu().numpy() for name in ("corr", "firing_frequency")}
+        self.arrays = {name: values.pop(name).cpu().numpy() for name in ("corr", "firing_frequency", "active_counts")}
         scalars = {name: float(value) for name, value in values.items()}
         scalars["dead_at_init"] = self.dead_at_init
         scalars["weight_norm"] = float(pl_module.feature_directions().detach().norm())
@@ -52,7 +52,8 @@ class UnitMetrics(pl.Callback):
         np.savez(self.output_dir / "unit_stats.npz", directions=directions, **self.arrays)
         if not self.figures:
             return
-        figures = unit_figures(self.arrays["corr"], directions, self.arrays["firing_frequency"])
+        figures = unit_figures(self.arrays["corr"], directions, self.arrays["firing_frequency"],
+                               self.arrays["active_counts"])
         for name, figure in figures.items():
             png = save_figure(figure, self.output_dir / "figures" / name)[1]
             for logger in trainer.loggers:

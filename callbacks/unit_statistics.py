@@ -21,8 +21,9 @@ class UnitStatistics(Metric):
         self.corr_units = min(corr_units or n_units, n_units)
         vector, scalar = torch.zeros(n_units, dtype=torch.float64), torch.zeros((), dtype=torch.float64)
         matrix = torch.zeros(self.corr_units, self.corr_units, dtype=torch.float64)
+        active_counts = torch.zeros(n_units + 1, dtype=torch.float64)  # examples with 0, 1, ..., n active
         for name, default in [("count", scalar), ("sum_a", vector), ("sum_sq", vector), ("sum_outer", matrix),
-                              ("fired", vector),
+                              ("fired", vector), ("active_counts", active_counts),
                               ("active", scalar), ("active_eps", scalar), ("resp_entropy", scalar),
                               ("max_resp", scalar), ("sum_resp", vector), ("blocked_resp", scalar)]:
             self.add_state(name, default=default.clone(), dist_reduce_fx="sum")
@@ -37,6 +38,7 @@ class UnitStatistics(Metric):
         self.sum_outer += tracked.T @ tracked
         self.fired += (a > 0).sum(dim=0)
         self.active += (a > 0).sum()
+        self.active_counts += torch.bincount((a > 0).sum(1), minlength=len(self.active_counts)).double()
         self.active_eps += (a > self.active_threshold).sum()
         self.resp_entropy += torch.special.entr(resp).sum()
         self.max_resp += resp.max(dim=-1).values.sum()
@@ -68,8 +70,10 @@ class UnitStatistics(Metric):
             "max_resp": self.max_resp / n,
             "effective_components": torch.exp(torch.special.entr(mean_resp).sum()),
             "l0": self.active / n,
+            "frac_zero_active": self.active_counts[0] / n,  # examples no latent codes (reconstructed as a bias)
             "l0_eps": self.active_eps / n,
             "blocked_resp_mass": self.blocked_resp / n,
             "corr": corr,
             "firing_frequency": self.fired / n,
+            "active_counts": self.active_counts,
         }

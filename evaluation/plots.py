@@ -16,8 +16,10 @@ def show_matrix(ax, matrix: np.ndarray, title: str, vmin: float = 0.0, vmax: flo
     ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
 
 
-def unit_figures(corr: np.ndarray, directions: np.ndarray, firing_frequency: np.ndarray) -> dict:
-    """The three per-run figures: |Corr| of the code, cosines of the feature directions, firing histogram."""
+def unit_figures(corr: np.ndarray, directions: np.ndarray, firing_frequency: np.ndarray,
+                 active_counts: np.ndarray) -> dict:
+    """The per-run figures: |Corr| of the code, cosines of the feature directions, firing histograms, and
+    how many latents each example activates."""
     unit = directions / np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)
     figures = {}
     figures["abs_corr"], ax = plt.subplots(figsize=(4.2, 3.6))
@@ -30,6 +32,8 @@ def unit_figures(corr: np.ndarray, directions: np.ndarray, firing_frequency: np.
     ax.set_ylabel("units")
     figures["feature_density"], ax = plt.subplots(figsize=(4.2, 3.2))
     density_histogram(ax, firing_frequency)
+    figures["active_counts"], ax = plt.subplots(figsize=(4.2, 3.2))
+    active_count_histogram(ax, active_counts)
     for figure in figures.values():
         figure.tight_layout()
     return figures
@@ -46,6 +50,18 @@ def density_histogram(ax, firing_frequency: np.ndarray, label: str | None = None
     ax.set_xlabel("log10 firing frequency (validation)")
     ax.set_ylabel("latents")
     ax.legend(fontsize=7)
+
+
+def active_count_histogram(ax, active_counts: np.ndarray) -> None:
+    """The fraction of examples with 0, 1, 2, ... active latents (L0 per example); 0 is drawn in red."""
+    fractions = active_counts / max(active_counts.sum(), 1)
+    shown = int(np.flatnonzero(fractions)[-1]) + 1 if fractions.any() else 1
+    bars = ax.bar(np.arange(shown), fractions[:shown], width=0.9, color="tab:blue")
+    bars[0].set_color("tab:red")
+    mean = float((np.arange(len(fractions)) * fractions).sum())
+    ax.set_title(f"mean L0 {mean:.3g}; {fractions[0]:.1%} of examples with none active", fontsize=8)
+    ax.set_xlabel("active latents per example (validation)")
+    ax.set_ylabel("fraction of examples")
 
 
 def save_figure(figure, stem: Path) -> list[Path]:

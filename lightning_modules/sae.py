@@ -70,31 +70,90 @@ class SparseAutoencoder(SparseCoder):
             weight /= weight.norm(dim=0, keepdim=True).clamp_min(1e-12)
 
 
-class JumpReLUSAE(SparseAutoencoder):
-    provides = SparseAutoencoder.provides | {"gate"}
+def rectangle(u: Tensor) -> Tensor:
+    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
 
-    def __init__(self, *args, threshold: float = 0.1, tau: float = 0.1, **kwargs):
-        if threshold <= 0 or tau <= 0:
-            raise ValueError(f"model.threshold and model.tau must be > 0, got {threshold}, {tau}")
+
+def batch_sum(grad: Tensor, like: Tensor) -> Tensor:
+    """A per-latent gradient summed over the batch dimensions, in the shape of ``like``."""
+    return grad.reshape(-1, grad.shape[-1]).sum(0).view_as(like)
+
+
+class JumpReLURectangle(torch.autograd.Function):
+    """z * 1[z > theta]; d/dz = 1[z > theta], d/dtheta := -(theta / eps) K((z - theta) / eps), K the rectangle
+    kernel (Rajamanoharan et al. 2024): an estimate of the expected loss's gradient in theta."""
+
+    @staticmethod
+    def forward(ctx, z, theta, bandwidth):
+        ctx.save_for_backward(z, theta)
+        ctx.bandwidth = bandwidth
+        return z * (z > theta).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, theta = ctx.saved_tensors
+        kernel = rectangle((z - theta) / ctx.bandwidth)
+        return grad * (z > theta).to(z.dtype), batch_sum(-grad * theta / ctx.bandwidth * kernel, theta), None
+
+
+class StepRectangle(torch.autograd.Function):
+    """1[z > theta]; d/dz := 0, d/dtheta := -(1 / eps) K((z - theta) / eps): the L0 penalty reaches theta only."""
+
+    @staticmethod
+    def forward(ctx, z, theta, bandwidth):
+        ctx.save_for_backward(z, theta)
+        ctx.bandwidth = bandwidth
+        return (z > theta).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, theta = ctx.saved_tensors
+        kernel = rectangle((z - theta) / ctx.bandwidth)
+        return torch.zeros_like(z), batch_sum(-grad / ctx.bandwidth * kernel, theta), None
+
+
+class JumpReLUSAE(SparseAutoencoder):
+    """a = z * 1[z > theta], theta learned per latent. The forward pass is exact; the gradient to theta comes
+    from one of two estimators:
+      sigmoid    the gradient of sigmoid((z - theta) / tau), to theta and to z
+      rectangle  the JumpReLU paper's straight-through estimator, a rectangle kernel of bandwidth eps, to theta only
+    (With the rectangle, the L0 penalty reaches the encoder only through theta, which Adam moves by about lr per
+    step, so lambda barely changes a short run; the sigmoid also pushes z.)"""
+    provides = SparseAutoencoder.provides | {"gate"}
+    ESTIMATORS = ("sigmoid", "rectangle")
+    PARAMETRISATIONS = ("log", "linear")
+
+    def __init__(self, *args, threshold: float = 0.1, tau: float = 0.1, estimator: str = "sigmoid",
+                 bandwidth: float = 0.05, threshold_param: str = "log", **kwargs):
+        if threshold <= 0 or tau <= 0 or bandwidth <= 0:
+            raise ValueError(f"model.threshold, tau and bandwidth must be > 0, got {threshold}, {tau}, {bandwidth}")
+        if estimator not in self.ESTIMATORS or threshold_param not in self.PARAMETRISATIONS:
+            raise ValueError(f"model.estimator must be one of {self.ESTIMATORS} and model.threshold_param one of "
+                             f"{self.PARAMETRISATIONS}, got {estimator!r}, {threshold_param!r}")
         super().__init__(*args, **kwargs)
-        self.log_threshold = nn.Parameter(torch.full((self.hparams.hidden_dim,), float(threshold)).log())
-        self.tau = tau
+        initial = torch.full((self.hparams.hidden_dim,), float(threshold))
+        self.threshold_param = nn.Parameter(initial.log() if threshold_param == "log" else initial)
+        self.tau, self.estimator, self.bandwidth, self.parametrisation = tau, estimator, bandwidth, threshold_param
+
+    def theta(self) -> Tensor:
+        return self.threshold_param.exp() if self.parametrisation == "log" else self.threshold_param
 
     def gate(self, z: Tensor) -> Tensor:
-        """Forward: exactly 1[z > theta]. Backward: the gradient of sigmoid((z - theta) / tau), to theta
-        and to z. (The JumpReLU paper routes it to theta only; then the L0 penalty reaches the encoder
-        only through theta, which Adam moves by ~lr per step, and lambda barely changes a short run.)"""
-        theta = self.log_threshold.exp()
+        """Forward: exactly 1[z > theta]; backward: the estimator's."""
+        theta = self.theta()
+        if self.estimator == "rectangle":
+            return StepRectangle.apply(z, theta, self.bandwidth)
         soft = torch.sigmoid((z - theta) / self.tau)
         return (z > theta).to(z.dtype) + (soft - soft.detach())  # exactly 0 forward: the gate stays hard
 
     def activate(self, z: Tensor) -> Tensor:
+        if self.estimator == "rectangle":
+            return JumpReLURectangle.apply(z, self.theta(), self.bandwidth)
         return z * self.gate(z)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         z = self.preactivation(x)
-        gate = self.gate(z)
-        return self.reconstruction(x, z, z * gate) | {"gate": gate}
+        return self.reconstruction(x, z, self.activate(z)) | {"gate": self.gate(z)}
 
 
 class TopKSAE(SparseAutoencoder):
@@ -159,16 +218,16 @@ class BatchTopKSAE(TopKSAE):
 
 
 class MatryoshkaSAE(BatchTopKSAE):
-    """Nested dictionaries: the first ``prefixes[0]`` latents reconstruct the input alone, the first
-    ``prefixes[1]`` too, and so on up to all of them; the ``matryoshka`` term sums their errors."""
+    """Nested dictionaries: the first ``prefix_fractions[0]`` of the latents reconstruct the input alone, the
+    first ``prefix_fractions[1]`` too, and so on up to all of them; the ``matryoshka`` term sums their errors."""
     provides = BatchTopKSAE.provides | {"prefix_x_hats"}
 
-    def __init__(self, *args, prefixes: list[int] = (16, 32), **kwargs):
+    def __init__(self, *args, prefix_fractions: list[float] = (0.25, 0.5), **kwargs):
         super().__init__(*args, **kwargs)
+        if not all(0 < fraction <= 1 for fraction in prefix_fractions):
+            raise ValueError(f"model.prefix_fractions must lie in (0, 1], got {list(prefix_fractions)}")
         hidden_dim = self.hparams.hidden_dim
-        self.prefixes = sorted(set(int(size) for size in prefixes) | {hidden_dim})
-        if self.prefixes[0] <= 0 or self.prefixes[-1] > hidden_dim:
-            raise ValueError(f"model.prefixes must lie in [1, hidden_dim={hidden_dim}], got {list(prefixes)}")
+        self.prefixes = sorted({max(1, round(f * hidden_dim)) for f in prefix_fractions} | {hidden_dim})
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         out = super().forward(x)

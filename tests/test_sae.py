@@ -19,7 +19,7 @@ def batch(n=32, d=10, seed=0):
     JumpReLUSAE(10, 24, CompositeLoss({"mse": 1.0, "l0": 1e-2})),
     TopKSAE(10, 24, CompositeLoss({"mse": 1.0, "auxk": 1 / 32}), k=4),
     BatchTopKSAE(10, 24, CompositeLoss({"mse": 1.0, "auxk": 1 / 32}), k=4),
-    MatryoshkaSAE(10, 24, CompositeLoss({"matryoshka": 1.0, "auxk": 1 / 32}), k=4, prefixes=[6, 12]),
+    MatryoshkaSAE(10, 24, CompositeLoss({"matryoshka": 1.0, "auxk": 1 / 32}), k=4, prefix_fractions=[0.25, 0.5]),
     GatedSAE(10, 24, CompositeLoss({"mse": 1.0, "gate_l1": 1e-2, "gate_aux": 1.0})),
 ], ids=["relu", "tied", "jumprelu", "topk", "batchtopk", "matryoshka", "gated"])
 def test_shapes_and_every_parameter_gets_a_gradient(model):
@@ -40,12 +40,12 @@ def test_jumprelu_forward_is_hard_gated_and_theta_learns_through_the_surrogate()
     model = JumpReLUSAE(10, 24, CompositeLoss({"mse": 1.0, "l0": 1.0}), threshold=0.5, tau=0.5)
     x = batch()
     out = model(x)
-    z, theta = out["z"], model.log_threshold.exp()
+    z, theta = out["z"], model.theta()
     assert torch.equal(out["a"], torch.where(z > theta, z, torch.zeros_like(z)))
     assert torch.equal(out["gate"], (z > theta).float())
     LOSS_TERMS["l0"].fn(out, **OPTIONS).sum().backward()
-    assert model.log_threshold.grad.abs().sum() > 0
-    assert (model.log_threshold.grad <= 0).all()  # a larger threshold can only close gates
+    assert model.threshold_param.grad.abs().sum() > 0
+    assert (model.threshold_param.grad <= 0).all()  # a larger threshold can only close gates
 
 
 def test_topk_keeps_exactly_k_nonzeros():
@@ -110,7 +110,7 @@ def test_batchtopk_keeps_k_per_example_on_average_and_its_threshold_gives_that_l
 
 
 def test_matryoshka_loss_sums_the_errors_of_its_nested_prefixes():
-    model = MatryoshkaSAE(10, 24, CompositeLoss({"matryoshka": 1.0}), k=6, prefixes=[4, 12]).double()
+    model = MatryoshkaSAE(10, 24, CompositeLoss({"matryoshka": 1.0}), k=6, prefix_fractions=[1 / 6, 0.5]).double()
     x = batch().double()
     out = model(x)
     weight, expected = model.decoder_weight(), 0.0
@@ -130,3 +130,24 @@ def test_gated_auxiliary_loss_trains_the_gate_and_not_the_decoder():
     x = batch().double()
     pi_gate, pi_mag = model.gates(x)
     assert torch.equal(model(x)["a"] > 0, (pi_gate > 0) & (pi_mag > 0))
+
+
+@pytest.mark.parametrize("parametrisation", ["log", "linear"])
+def test_rectangle_estimator_matches_the_expected_loss_gradient_in_theta(parametrisation):
+    """z ~ N(0, 1): E[1[z > theta]] = 1 - Phi(theta) and E[z 1[z > theta]] = phi(theta), so the expected L0
+    and the expected (linear) activation have known derivatives in theta, checked by finite differences."""
+    theta0, h = 0.5, 1e-4
+    model = JumpReLUSAE(1, 1, CompositeLoss({"mse": 1.0, "l0": 1.0}), threshold=theta0, estimator="rectangle",
+                        bandwidth=0.05, threshold_param=parametrisation).double()
+    z = torch.randn(2_000_000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected_l0 = lambda t: 1 - torch.special.ndtr(torch.tensor(t, dtype=torch.float64))  # noqa: E731
+    expected_a = lambda t: torch.exp(-torch.tensor(t, dtype=torch.float64) ** 2 / 2) / (2 * torch.pi) ** 0.5  # noqa: E731
+    for estimate, exact in [(model.gate(z).mean(), expected_l0), (model.activate(z).mean(), expected_a)]:
+        model.zero_grad()
+        estimate.backward()
+        dtheta = model.threshold_param.grad / (theta0 if parametrisation == "log" else 1.0)  # d theta / d p
+        finite_difference = (exact(theta0 + h) - exact(theta0 - h)) / (2 * h)
+        assert float(dtheta) == pytest.approx(float(finite_difference), abs=0.01)
+    z.requires_grad_(True)
+    model.gate(z).sum().backward()
+    assert torch.equal(z.grad, torch.zeros_like(z))  # the L0 penalty reaches theta only

@@ -61,3 +61,12 @@ def test_correlations_over_the_first_units_match_the_full_computation_on_them():
     for name in ("redundancy", "redundancy_norm", "corr"):
         torch.testing.assert_close(capped_out[name], subset_out[name])
     assert capped_out["dead_units"] == 1 and capped_out["firing_frequency"].shape == (9,)
+
+
+def test_examples_with_no_active_latent_and_the_active_count_histogram():
+    a = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 2.0, 3.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    stats = UnitStatistics(3)
+    stats.update(a - 0.5, a)
+    values = stats.compute()
+    assert float(values["frac_zero_active"]) == 0.5
+    assert values["active_counts"].tolist() == [2, 1, 1, 0]
