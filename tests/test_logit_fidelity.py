@@ -21,7 +21,7 @@ def test_fidelity_on_a_known_case():
     reconstructed = logits.clone()
     reconstructed[3] = torch.tensor([0.0, 5.0, 0.0])  # one of four now wrong
     result = fidelity(logits, reconstructed, labels)
-    assert result["acc"] == 1.0 and result["acc_recon"] == 0.75 and result["delta_acc"] == -0.25
+    assert result["acc"] == 1.0 and result["acc_recon"] == 0.75 and result["delta_acc"] == 0.25  # lost
     right = -torch.log_softmax(torch.tensor([5.0, 0.0, 0.0], dtype=torch.float64), 0)[0].item()
     wrong = -torch.log_softmax(torch.tensor([0.0, 5.0, 0.0], dtype=torch.float64), 0)[0].item()
     assert math.isclose(result["ce_recon"] - result["ce"], (wrong - right) / 4, rel_tol=1e-9)

@@ -67,7 +67,8 @@ def test_pipeline_end_to_end_with_a_given_classifier(classifier_ckpt, tmp_path):
     assert summary["sae_latents"] == 32 and summary["target_actives"] == 1
     assert summary["lambda"] == read_metrics(tmp_path)["calibration_lambda"]
     test = summary["splits"]["test"]
-    assert test["delta_acc"] == pytest.approx(test["acc_recon"] - test["acc"])
+    assert test["delta_acc"] == pytest.approx(test["acc"] - test["acc_recon"])  # the reference's sign: lost
+    assert summary["delta_acc_logits"] == test["delta_acc"]
     assert test["acc"] > 0.5  # the classifier's own logits
     per_example = summary["val_mse_per_example"]
     assert per_example["best_index"] != per_example["worst_index"] and per_example["p95"] >= per_example["median"]
