@@ -59,7 +59,8 @@ class LogitFidelity(pl.Callback):
             errors = (x - x_hat).double().square().mean(1)
             splits[name] = fidelity(raw, raw_hat, labels) | {
                 "mse_normalized": float(errors.mean()), "mse_raw": float((raw - raw_hat).double().square().mean()),
-                "l0": float((codes[name] > 0).sum(1).double().mean())}
+                "l0": float((codes[name] > 0).sum(1).double().mean()),
+                "frac_zero_active": float(((codes[name] > 0).sum(1) == 0).double().mean())}
             if name == "val":
                 per_example = {"mean": float(errors.mean()), "median": float(errors.median()),
                                "p95": float(errors.quantile(0.95)), "best_index": int(errors.argmin()),
