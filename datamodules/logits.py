@@ -2,6 +2,7 @@
 is MNIST's test set; the labels stay, so that fidelity can be measured. The logits are cached beside
 the classifier checkpoint; without a checkpoint, the classifier is trained first, into the run dir."""
 import hashlib
+import os
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -58,5 +59,7 @@ class LogitsDataModule(TensorDataModule):
         with torch.no_grad():  # here, not as a decorator: training the classifier turns grad mode back on
             splits = {name: (torch.cat([classifier(chunk) for chunk in x.split(4096)]), y)
                       for name, (x, y) in images.items()}
-        torch.save(splits, cache)
+        partial = cache.with_suffix(f".{os.getpid()}.tmp")  # the jobs of a sweep share the cache: whole or absent
+        torch.save(splits, partial)
+        os.replace(partial, cache)
         return splits

@@ -95,3 +95,32 @@ def test_a_checkpoint_of_another_model_does_not_match(tmp_path):
                      f"hydra.run.dir={tmp_path}", check=False)
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: classifier checkpoint {ckpt} does not match the data"), last
+
+
+TINY_FRONTIER = """# @package _global_
+defaults:
+  - logits_frontier
+hydra:
+  sweeper:
+    grid_params:
+      seed: 0,1
+    list_params:
+      model: gated,topk,batchtopk
+      loss: mse_gated,mse_auxk,mse_auxk
+      calibrate.target_l0: 2,null,null
+      +sparsity: 0.1,1,2
+"""
+
+
+def test_frontier_sweep_and_analysis_on_a_shared_classifier(classifier_ckpt, tmp_path):
+    """The real frontier preset with its grid cut to a calibrated penalty model, TopK and BatchTopK, 2 seeds."""
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "conf" / "experiment" / "frontier_tiny.yaml").write_text(TINY_FRONTIER)
+    sweep = tmp_path / "sweep"
+    run_cli("train.py", "-m", "--config-dir", str(tmp_path / "conf"), "experiment=frontier_tiny",
+            f"data.classifier_ckpt={classifier_ckpt}", *TINY, f"hydra.sweep.dir={sweep}")
+    result = run_cli("-m", "analysis.logits", f"dir={sweep}")
+    table = (sweep / "analysis" / "logits_frontier.md").read_text()
+    assert (sweep / "analysis" / "logits_frontier.png").is_file()
+    assert "| gated | target L0 2 | 2 |" in table and "| topk | k 1 | 2 |" in table
+    assert "| batchtopk | k 2 | 2 |" in table and "## Goals" in result.stdout
