@@ -1,7 +1,7 @@
 """The standard SAE family the decoder-free encoder is measured against.
 
     SparseAutoencoder  a = relu(W_enc (x - b_dec) + b_enc),  x_hat = W_dec a + b_dec   (+ l1 or l1_decnorm)
-    JumpReLUSAE        a = z * 1[z > theta], theta learned; a sigmoid surrogate carries the gradient to theta
+    JumpReLUSAE        a = z * 1[z > theta], theta learned; a rectangle STE (or a sigmoid surrogate) carries its gradient
     TopKSAE            keep the k largest activations; AuxK lets dead latents model the residual
     BatchTopKSAE       the k*B largest over the batch in training; a learned threshold (a JumpReLU) at evaluation
     MatryoshkaSAE      BatchTopK whose nested dictionary prefixes each reconstruct the input
@@ -115,15 +115,15 @@ class StepRectangle(torch.autograd.Function):
 class JumpReLUSAE(SparseAutoencoder):
     """a = z * 1[z > theta], theta learned per latent. The forward pass is exact; the gradient to theta comes
     from one of two estimators:
-      sigmoid    the gradient of sigmoid((z - theta) / tau), to theta and to z
       rectangle  the JumpReLU paper's straight-through estimator, a rectangle kernel of bandwidth eps, to theta only
+      sigmoid    the gradient of sigmoid((z - theta) / tau), to theta and to z
     (With the rectangle, the L0 penalty reaches the encoder only through theta, which Adam moves by about lr per
-    step, so lambda barely changes a short run; the sigmoid also pushes z.)"""
+    step, so a short run barely responds to lambda; the sigmoid also pushes z.)"""
     provides = SparseAutoencoder.provides | {"gate"}
     ESTIMATORS = ("sigmoid", "rectangle")
     PARAMETRISATIONS = ("log", "linear")
 
-    def __init__(self, *args, threshold: float = 0.1, tau: float = 0.1, estimator: str = "sigmoid",
+    def __init__(self, *args, threshold: float = 0.1, tau: float = 0.1, estimator: str = "rectangle",
                  bandwidth: float = 0.05, threshold_param: str = "log", **kwargs):
         if threshold <= 0 or tau <= 0 or bandwidth <= 0:
             raise ValueError(f"model.threshold, tau and bandwidth must be > 0, got {threshold}, {tau}, {bandwidth}")

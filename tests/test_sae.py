@@ -37,7 +37,7 @@ def test_tied_sae_shares_the_encoder_weight():
 
 
 def test_jumprelu_forward_is_hard_gated_and_theta_learns_through_the_surrogate():
-    model = JumpReLUSAE(10, 24, CompositeLoss({"mse": 1.0, "l0": 1.0}), threshold=0.5, tau=0.5)
+    model = JumpReLUSAE(10, 24, CompositeLoss({"mse": 1.0, "l0": 1.0}), threshold=0.5, tau=0.5, estimator="sigmoid")
     x = batch()
     out = model(x)
     z, theta = out["z"], model.theta()
