@@ -48,12 +48,12 @@ def batch_correlation(a: Tensor, eps: float) -> Tensor:
 
 
 @register("lse", needs=("a",))
-def lse(out: dict, eps: float, bounded_variance: bool) -> Tensor:
+def lse(out: dict, eps: float, bounded_variance: bool, tanh_scale: float) -> Tensor:
     return lse_and_responsibilities(out["a"])[0]
 
 
 @register("variance", needs=("a",), per_example=False)
-def variance(out: dict, eps: float, bounded_variance: bool) -> Tensor:
+def variance(out: dict, eps: float, bounded_variance: bool, tanh_scale: float) -> Tensor:
     var = out["a"].var(dim=0)
     if bounded_variance:  # minimised at Var = 1 instead of rewarding unbounded growth
         return (var - torch.log(var + eps)).sum()
@@ -61,7 +61,7 @@ def variance(out: dict, eps: float, bounded_variance: bool) -> Tensor:
 
 
 @register("decorrelation", needs=("a",), per_example=False)
-def decorrelation(out: dict, eps: float, bounded_variance: bool) -> Tensor:
+def decorrelation(out: dict, eps: float, bounded_variance: bool, tanh_scale: float) -> Tensor:
     corr = batch_correlation(out["a"], eps)
     off_diagonal = corr - torch.diag_embed(torch.diagonal(corr))
     return (off_diagonal**2).sum()
@@ -77,6 +77,7 @@ class CompositeLoss:
         reduction: str = "sum",
         eps: float = 1e-6,
         bounded_variance: bool = False,
+        tanh_scale: float = 4.0,
     ):
         unknown = sorted(set(weights) - set(LOSS_TERMS))
         if unknown:
@@ -92,7 +93,9 @@ class CompositeLoss:
             raise ValueError(f"loss.eps must be > 0, got {eps}")
         self.weights = {name: float(w) for name, w in weights.items()}
         self.reduction = reduction
-        self.options = dict(eps=eps, bounded_variance=bounded_variance)
+        if tanh_scale <= 0:
+            raise ValueError(f"loss.tanh_scale must be > 0, got {tanh_scale}")
+        self.options = dict(eps=eps, bounded_variance=bounded_variance, tanh_scale=tanh_scale)
 
     def check_outputs(self, provided: frozenset[str], model_name: str) -> None:
         for name in self.weights:
@@ -123,29 +126,36 @@ class CompositeLoss:
 
 # Terms of the standard SAE family: they need a decoder (x_hat) and are reduced per example.
 @register("mse", needs=("x", "x_hat"))
-def mse(out: dict, eps: float, bounded_variance: bool) -> Tensor:
+def mse(out: dict, eps: float, bounded_variance: bool, tanh_scale: float) -> Tensor:
     return ((out["x"] - out["x_hat"]) ** 2).sum(dim=-1)
 
 
 @register("l1", needs=("a",), sparsity=True)
-def l1(out: dict, eps: float, bounded_variance: bool) -> Tensor:
+def l1(out: dict, eps: float, bounded_variance: bool, tanh_scale: float) -> Tensor:
     return out["a"].abs().sum(dim=-1)
 
 
 @register("l1_decnorm", needs=("a", "decoder_norms"), sparsity=True)
-def l1_decnorm(out: dict, eps: float, bounded_variance: bool) -> Tensor:
+def l1_decnorm(out: dict, eps: float, bounded_variance: bool, tanh_scale: float) -> Tensor:
     """sum_i a_i ||W_dec,i||: an L1 penalty that shrinking the codes while growing the decoder cannot evade."""
     return (out["a"].abs() * out["decoder_norms"]).sum(dim=-1)
 
 
 @register("l0", needs=("gate",), sparsity=True)
-def l0(out: dict, eps: float, bounded_variance: bool) -> Tensor:
+def l0(out: dict, eps: float, bounded_variance: bool, tanh_scale: float) -> Tensor:
     """The count of open gates; differentiable only through the gate's straight-through surrogate."""
     return out["gate"].sum(dim=-1)
 
 
+@register("l0_tanh", needs=("a", "decoder_norms"), sparsity=True)
+def l0_tanh(out: dict, eps: float, bounded_variance: bool, tanh_scale: float) -> Tensor:
+    """A smooth L0: sum_i tanh(c a_i ||W_dec,i||), c = ``tanh_scale`` (larger c, closer to the count). Its
+    gradient reaches every active latent's magnitude, not only the ones near their threshold."""
+    return torch.tanh(tanh_scale * out["a"].abs() * out["decoder_norms"]).sum(dim=-1)
+
+
 @register("auxk", needs=("x", "x_hat", "aux_x_hat"))
-def auxk(out: dict, eps: float, bounded_variance: bool) -> Tensor:
+def auxk(out: dict, eps: float, bounded_variance: bool, tanh_scale: float) -> Tensor:
     """Dead latents reconstruct the residual the live ones left (zero while no latent is dead)."""
     if out["aux_x_hat"] is None:
         return torch.zeros(len(out["x"]), device=out["x"].device)
@@ -154,18 +164,18 @@ def auxk(out: dict, eps: float, bounded_variance: bool) -> Tensor:
 
 
 @register("matryoshka", needs=("x", "prefix_x_hats"))
-def matryoshka(out: dict, eps: float, bounded_variance: bool) -> Tensor:
+def matryoshka(out: dict, eps: float, bounded_variance: bool, tanh_scale: float) -> Tensor:
     """The squared error of every nested prefix's reconstruction, summed over prefixes."""
     return sum(((out["x"] - x_hat) ** 2).sum(dim=-1) for x_hat in out["prefix_x_hats"])
 
 
 @register("gate_l1", needs=("gate_activity", "decoder_norms"), sparsity=True)
-def gate_l1(out: dict, eps: float, bounded_variance: bool) -> Tensor:
+def gate_l1(out: dict, eps: float, bounded_variance: bool, tanh_scale: float) -> Tensor:
     """The Gated SAE's sparsity penalty: relu(pi_gate), weighted by the decoder norms like l1_decnorm."""
     return (out["gate_activity"] * out["decoder_norms"]).sum(dim=-1)
 
 
 @register("gate_aux", needs=("x", "gate_x_hat"))
-def gate_aux(out: dict, eps: float, bounded_variance: bool) -> Tensor:
+def gate_aux(out: dict, eps: float, bounded_variance: bool, tanh_scale: float) -> Tensor:
     """The gate path's own reconstruction through the frozen decoder: trains the gate, not the decoder."""
     return ((out["x"] - out["gate_x_hat"]) ** 2).sum(dim=-1)

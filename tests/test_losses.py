@@ -5,7 +5,7 @@ import torch
 from analysis.theorem import gradient_vs_responsibility
 from lightning_modules.losses import LOSS_TERMS, CompositeLoss, lse_and_responsibilities
 
-OPTIONS = dict(eps=1e-6, bounded_variance=False)
+OPTIONS = dict(eps=1e-6, bounded_variance=False, tanh_scale=4.0)
 
 
 def relu_codes(n=64, k=16, seed=0):
@@ -33,7 +33,7 @@ def test_variance_terms_match_numpy():
     var = a.numpy().var(axis=0, ddof=1)
     got = LOSS_TERMS["variance"].fn({"a": a}, **OPTIONS)
     np.testing.assert_allclose(got.item(), -np.log(var + 1e-6).sum(), rtol=1e-12)
-    bounded = LOSS_TERMS["variance"].fn({"a": a}, eps=1e-6, bounded_variance=True)
+    bounded = LOSS_TERMS["variance"].fn({"a": a}, eps=1e-6, bounded_variance=True, tanh_scale=4.0)
     np.testing.assert_allclose(bounded.item(), (var - np.log(var + 1e-6)).sum(), rtol=1e-12)
 
 
@@ -41,7 +41,7 @@ def test_decorrelation_is_the_off_diagonal_sum_of_squared_correlations():
     a = relu_codes()
     corr = np.corrcoef(a.numpy(), rowvar=False)
     expected = (corr**2).sum() - np.trace(corr**2)
-    got = LOSS_TERMS["decorrelation"].fn({"a": a}, eps=1e-12, bounded_variance=False)
+    got = LOSS_TERMS["decorrelation"].fn({"a": a}, eps=1e-12, bounded_variance=False, tanh_scale=4.0)
     np.testing.assert_allclose(got.item(), expected, rtol=1e-8)
 
 
@@ -81,3 +81,11 @@ def test_a_term_the_model_cannot_feed_is_rejected():
             CompositeLoss({"needs_decoder": 1.0}).check_outputs(frozenset({"x", "z", "a"}), "DecoderFreeEncoder")
     finally:
         del LOSS_TERMS["needs_decoder"]
+
+
+def test_tanh_l0_approaches_the_count_of_active_latents_as_its_scale_grows():
+    a = torch.tensor([[0.0, 0.5, 2.0], [0.0, 0.0, 0.1]], dtype=torch.float64)
+    out = {"a": a, "decoder_norms": torch.ones(3, dtype=torch.float64)}
+    soft = LOSS_TERMS["l0_tanh"].fn(out, **(OPTIONS | {"tanh_scale": 1e4}))
+    torch.testing.assert_close(soft, (a > 0).sum(1).double())
+    assert LOSS_TERMS["l0_tanh"].fn(out, **OPTIONS)[1] < 1  # a small activation is penalised less than 1

@@ -5,7 +5,7 @@ from lightning_modules.encoder import DecoderFreeEncoder
 from lightning_modules.losses import LOSS_TERMS, CompositeLoss
 from lightning_modules.sae import BatchTopKSAE, GatedSAE, JumpReLUSAE, MatryoshkaSAE, SparseAutoencoder, TopKSAE
 
-OPTIONS = dict(eps=1e-6, bounded_variance=False)
+OPTIONS = dict(eps=1e-6, bounded_variance=False, tanh_scale=4.0)
 MSE_L1 = {"mse": 1.0, "l1": 1e-2}
 
 
