@@ -7,6 +7,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import WandbLogger
 
+from callbacks.metrics_file import MetricsFile
 from callbacks.unit_statistics import UnitStatistics
 from evaluation.plots import save_figure, unit_figures
 
@@ -48,6 +49,11 @@ class UnitMetrics(pl.Callback):
     def on_fit_end(self, trainer, pl_module):
         if not self.arrays or trainer.global_rank != 0:
             return
+        counts = self.arrays["active_counts"]
+        shown = int(np.flatnonzero(counts)[-1]) + 1 if counts.any() else 1
+        for callback in trainer.callbacks:  # the histogram beside the scalars (MetricsFile writes after this)
+            if isinstance(callback, MetricsFile):
+                callback.extra["active_count_histogram"] = [int(n) for n in counts[:shown]]
         directions = pl_module.feature_directions().detach().cpu().numpy()
         np.savez(self.output_dir / "unit_stats.npz", directions=directions, **self.arrays)
         if not self.figures:
