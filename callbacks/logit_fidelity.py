@@ -26,7 +26,8 @@ def markdown(summary: dict) -> str:
     splits = summary["splits"]
     lines = ["# Logit SAE fidelity", "", "| field | value |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in summary.items() if not isinstance(value, dict)]
-    lines += ["", "## Accuracy and cross-entropy", "", "| split | acc | acc recon | Δacc (lost) | CE | CE recon | ΔCE |",
+    lines += ["", "## Accuracy and cross-entropy", "",
+              "| split | acc | acc recon | Δacc (lost) | CE | CE recon | ΔCE |",
               "|---|---|---|---|---|---|---|"]
     lines += [f"| {name} | {s['acc']:.4f} | {s['acc_recon']:.4f} | {s['delta_acc']:+.4f} | {s['ce']:.4f} | "
               f"{s['ce_recon']:.4f} | {s['delta_ce']:+.4f} |" for name, s in splits.items()]

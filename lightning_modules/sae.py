@@ -1,7 +1,7 @@
 """The standard SAE family the decoder-free encoder is measured against.
 
     SparseAutoencoder  a = relu(W_enc (x - b_dec) + b_enc),  x_hat = W_dec a + b_dec   (+ l1 or l1_decnorm)
-    JumpReLUSAE        a = z * 1[z > theta], theta learned; a rectangle STE (or a sigmoid surrogate) carries its gradient
+    JumpReLUSAE        a = z * 1[z > theta], theta learned; a rectangle STE (or a sigmoid surrogate) trains theta
     TopKSAE            keep the k largest activations; AuxK lets dead latents model the residual
     BatchTopKSAE       the k*B largest over the batch in training; a learned threshold (a JumpReLU) at evaluation
     MatryoshkaSAE      BatchTopK whose nested dictionary prefixes each reconstruct the input

@@ -6,7 +6,8 @@ import torch
 
 from conftest import QUICK, read_metrics, run_cli
 
-UNIT_KEYS = {"dead_units", "frac_zero_active", "dead_fraction", "dead_at_init", "low_variance_units", "redundancy", "redundancy_norm",
+UNIT_KEYS = {"dead_units", "frac_zero_active", "dead_fraction", "dead_at_init", "low_variance_units", "redundancy",
+             "redundancy_norm",
              "resp_entropy", "max_resp", "effective_components", "l0", "l0_eps", "blocked_resp_mass",
              "weight_norm", "params"}
 
