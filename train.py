@@ -59,6 +59,9 @@ def root_cause(error: BaseException) -> str:
 
 def build(cfg: DictConfig):
     """Everything that can reject the configuration or the data, before any training starts."""
+    for key in ("max_epochs", "max_steps", "limit_train_batches"):
+        if cfg.trainer.get(key) == 0:
+            raise ValueError(f"trainer.{key}=0 trains nothing")
     if cfg.calibrate.target_l0 is not None:
         calibration.check(cfg)
     datamodule = instantiate(cfg.data)

@@ -69,6 +69,7 @@ def test_theorem_command_prints_exact_agreement(tmp_path):
     ("data.batch_size=0", "batch_size must be > 0"),
     ("loss.weights.lse=-1", "weights must be >= 0"),
     ("model.activation=tanh", "unknown model.activation 'tanh'"),
+    ("trainer.max_epochs=0", "trainer.max_epochs=0 trains nothing"),
 ])
 def test_impossible_values_fail_in_one_line_before_training(tmp_path, override, message):
     result = run_cli("train.py", *QUICK, override, f"hydra.run.dir={tmp_path}", check=False)
@@ -106,3 +107,9 @@ def test_a_run_resumed_from_a_checkpoint_continues_in_its_run_folder(tmp_path):
     metrics = read_metrics(first)
     assert metrics["global_step"] == 2 * steps_per_epoch and metrics["epoch"] == 2
     assert metrics["status"] == "finished" and not (tmp_path / "outputs").exists()
+
+
+def test_logger_none_trains_without_a_logger(tmp_path):
+    run_cli("train.py", *QUICK, "logger=none", f"hydra.run.dir={tmp_path}")
+    assert read_metrics(tmp_path)["status"] == "finished"
+    assert not (tmp_path / "csv").exists() and not (tmp_path / "wandb").exists()
