@@ -109,13 +109,13 @@ class CompositeLoss:
         values, total, gathered = {}, 0.0, {}
         for name, weight in self.weights.items():
             term = LOSS_TERMS[name]
+            if global_batch is not None and not term.per_example:  # gathered once, with gradients, for every term
+                gathered |= {key: global_batch(out[key]) for key in term.needs - gathered.keys()}
             with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
                 if term.per_example:
                     value = term.fn(out, **self.options)
                     value = value.sum() * ranks if reduction == "sum" else value.mean()
                 else:
-                    if global_batch is not None:
-                        gathered |= {key: global_batch(out[key]) for key in term.needs - gathered.keys()}
                     value = term.fn(out | gathered, **self.options)
             values[name] = value
             if weight > 0:

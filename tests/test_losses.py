@@ -89,3 +89,11 @@ def test_tanh_l0_approaches_the_count_of_active_latents_as_its_scale_grows():
     soft = LOSS_TERMS["l0_tanh"].fn(out, **(OPTIONS | {"tanh_scale": 1e4}))
     torch.testing.assert_close(soft, (a > 0).sum(1).double())
     assert LOSS_TERMS["l0_tanh"].fn(out, **OPTIONS)[1] < 1  # a small activation is penalised less than 1
+
+
+def test_a_batch_statistic_after_an_unweighted_one_still_trains_through_the_gathered_batch():
+    a = torch.rand(16, 4, dtype=torch.float64, requires_grad=True)
+    loss = CompositeLoss({"variance": 0.0, "decorrelation": 1.0})
+    terms = loss({"a": a}, global_batch=lambda values: torch.cat([values, values.detach() + 1]), ranks=2)
+    terms["total"].backward()
+    assert a.grad is not None and a.grad.abs().sum() > 0
