@@ -263,8 +263,7 @@ class GatedSAE(SparseAutoencoder):
         return pi_gate, (pi_gate > 0).to(pi_mag.dtype) * F.relu(pi_mag)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        pi_gate, pi_mag = self.gates(x)
-        a = (pi_gate > 0).to(pi_mag.dtype) * F.relu(pi_mag)
+        pi_gate, a = self.encode(x)
         activity = F.relu(pi_gate)
         frozen = activity @ self.decoder_weight().detach().T + self.b_dec.detach()
         return self.reconstruction(x, pi_gate, a) | {"gate_activity": activity, "gate_x_hat": frozen}

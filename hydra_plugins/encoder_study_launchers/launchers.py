@@ -16,6 +16,7 @@ from pathlib import Path
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
+from omegaconf import open_dict
 
 
 def first_line(error: BaseException) -> str:
@@ -28,10 +29,11 @@ def first_line(error: BaseException) -> str:
 class ReportsFailures:
     def launch(self, job_overrides, initial_job_idx):
         returns = self.launch_all(job_overrides, initial_job_idx)
-        failed = [(initial_job_idx + i, r) for i, r in enumerate(returns) if r.status == JobStatus.FAILED]
-        for num, job in failed:
-            print(f"failed: {self.run_dir(job, job_overrides[num - initial_job_idx])}: {first_line(job._return_value)}",
-                  file=sys.stderr)
+        failed = [(num, job, overrides) for num, (job, overrides) in enumerate(zip(returns, job_overrides),
+                                                                                 initial_job_idx)
+                  if job.status == JobStatus.FAILED]
+        for num, job, overrides in failed:
+            print(f"failed: {self.run_dir(job, overrides, num)}: {first_line(job._return_value)}", file=sys.stderr)
         if failed:
             sys.exit(f"error: {len(failed)} of {len(returns)} jobs failed (their lines above); the others finished")
         return returns
@@ -39,10 +41,13 @@ class ReportsFailures:
     def launch_all(self, job_overrides, initial_job_idx):
         return super().launch(job_overrides, initial_job_idx)
 
-    def run_dir(self, job: JobReturn, overrides) -> str:
+    def run_dir(self, job: JobReturn, overrides, num: int) -> str:
         if job.hydra_cfg is not None:
             return job.hydra_cfg.hydra.runtime.output_dir
+        # a job that died without a result: its folder as the launcher composed it (the subdir may use the job num)
         config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(config.hydra.job):
+            config.hydra.job.num = num
         return str(Path(config.hydra.sweep.dir) / str(config.hydra.sweep.subdir))
 
 
@@ -64,7 +69,7 @@ def outcomes_of_every_job():
             return results(job)
         except (FailedJobError, UncompletedJobError) as error:
             died = JobReturn(status=JobStatus.FAILED)
-            died.return_value = RuntimeError(f"{type(error).__name__} (SLURM state {job.state}): {first_line(error)}")
+            died.return_value = RuntimeError(f"{type(error).__name__} (job state {job.state}): {first_line(error)}")
             return [died]
 
     submitit.Job.results = collected
