@@ -13,7 +13,7 @@ import hydra
 import matplotlib.pyplot as plt
 from omegaconf import DictConfig
 
-from analysis.runs import Run, load_runs, mean_std
+from analysis.runs import Run, format_mean_std, load_runs, mean_std
 from evaluation.plots import publish
 
 REFERENCE = {"l0": 1.63, "delta_acc": 0.0562, "delta_ce": 0.25}  # the seed study's JumpReLU, on test
@@ -69,10 +69,8 @@ def table(families) -> str:
              "|---" * 7 + "|"]
     for name, points in sorted(families.items()):
         for point, seeds in sorted(points.items()):
-            cells = []
-            for key, scale in [("l0", 1), ("delta_acc", 100), ("delta_ce", 1)]:
-                mean, std = stats(seeds, key)
-                cells.append(f"{scale * mean:.3g} ± {scale * std:.2g}")
+            cells = [format_mean_std([scale * seed[key] for seed in seeds])
+                     for key, scale in [("l0", 1), ("delta_acc", 100), ("delta_ce", 1)]]
             zero = [seed["frac_zero_active"] for seed in seeds if "frac_zero_active" in seed]
             cells.append(f"{100 * mean_std(zero)[0]:.1f}%" if zero else "-")
             lines.append(f"| {name} | {point} | {len(seeds)} | " + " | ".join(cells) + " |")
