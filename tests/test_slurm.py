@@ -32,9 +32,19 @@ def test_the_ablation_runs_as_a_slurm_job_array(tmp_path):
     assert [read_metrics(tmp_path / str(job))["status"] for job in range(4)] == ["finished"] * 4
     array = {path.name.split("_")[0] for path in (tmp_path / ".submitit").glob("[0-9]*_*")}
     assert len(array) == 1  # one array, four tasks
-    states = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", array.pop()], capture_output=True,
-                            text=True, check=True).stdout.split()
-    assert states == ["COMPLETED"] * 4
+    assert final_states(array.pop()) == ["COMPLETED"] * 4
+
+
+def final_states(job, timeout_s=60):
+    """sacct's states once every task has ended: submitit collects a task's result as soon as the task writes it,
+    a moment before SLURM records the task's end."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", job], capture_output=True, text=True,
+                                check=True).stdout.split()
+        if not {"PENDING", "RUNNING", "COMPLETING"} & set(states) or time.monotonic() > deadline:
+            return states
+        time.sleep(0.5)
 
 
 def test_a_failing_slurm_job_keeps_the_other_three_and_is_reported(tmp_path):
