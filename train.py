@@ -6,7 +6,11 @@
 import hashlib
 import json
 import logging
+import os
+import shutil
 import sys
+import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -17,6 +21,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
@@ -26,6 +31,15 @@ from callbacks.metrics_file import MetricsFile
 from lightning_modules.base import NonFiniteLossError
 
 log = logging.getLogger(__name__)
+
+# A run says where its folder is, its progress, its headline metrics and where its files are (see the end
+# of fit); these say nothing a user here can act on. W&B's own summary is in its run folder.
+os.environ.setdefault("WANDB_SILENT", "true")
+warnings.filterwarnings("ignore", message=r".*`srun` command is available on your system")  # local runs on a SLURM host
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning's own deprecation
+logging.captureWarnings(True)  # the warnings that remain go to train.log too
+HEADLINE = ("val/total", "l0", "dead_fraction", "fvu", "probe_acc", "val/ce", "val/acc", "test/ce", "test/acc",
+            "delta_acc_logits", "downstream_recovered")
 
 
 def run_dir_of(ckpt_path: str | None, default: str) -> str:
@@ -38,9 +52,21 @@ def run_id(run_dir: str) -> str:
     return hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
 
 
+def run_group() -> str:
+    """A sweep's runs are grouped by the sweep's folder; a single run is its own group."""
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg.sweep.dir if hydra_cfg.mode == RunMode.MULTIRUN else hydra_cfg.runtime.output_dir
+
+
+def run_name() -> str:
+    return HydraConfig.get().job.override_dirname or "defaults"
+
+
 OmegaConf.register_new_resolver("lm_hidden_size", hidden_size, use_cache=True)
 OmegaConf.register_new_resolver("run_dir_of", run_dir_of)
 OmegaConf.register_new_resolver("run_id", run_id)
+OmegaConf.register_new_resolver("run_group", run_group)
+OmegaConf.register_new_resolver("run_name", run_name)
 
 CONFIG_ERRORS = (ValueError, FileNotFoundError, InstantiationException)
 
@@ -84,6 +110,30 @@ def checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> str | None:
     return str(last) if last.is_file() else None
 
 
+def remove_if_empty(run_dir: Path) -> None:
+    """A run rejected before training leaves no folder behind: Hydra made it, with .hydra/ and train.log."""
+    if not run_dir.is_dir() or {path.name for path in run_dir.iterdir()} - {".hydra", "train.log"}:
+        return
+    shutil.rmtree(run_dir)
+    for parent in run_dir.parents:  # outputs/<date>/ (and outputs/) if this run was all they held
+        if parent == Path.cwd() or not parent.is_relative_to(Path.cwd()) or any(parent.iterdir()):
+            break
+        parent.rmdir()
+
+
+def report_end(trainer: pl.Trainer, run_dir: Path, seconds: float) -> None:
+    """The run's last lines: its headline metrics and where its files are."""
+    metrics = trainer.callback_metrics
+    headline = ", ".join(f"{name} {float(metrics[name]):.4g}" for name in HEADLINE if name in metrics)
+    log.info("finished in %s (%d steps): %s", time.strftime("%H:%M:%S", time.gmtime(seconds)), trainer.global_step,
+             headline)
+    files = [path.name + "/" * path.is_dir() for path in sorted(run_dir.iterdir()) if not path.name.startswith(".")]
+    log.info("files in %s: %s", run_dir, ", ".join(files))
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger.experiment.offline:
+            log.info("W&B, offline: wandb sync %s", Path(logger.experiment.dir).parent)
+
+
 def finished(run_dir: Path) -> bool:
     metrics = run_dir / "metrics.json"
     return metrics.is_file() and json.loads(metrics.read_text()).get("status") == "finished"
@@ -94,6 +144,7 @@ def fit(cfg: DictConfig) -> pl.Trainer | None:
     if not cfg.ckpt_path and finished(run_dir):  # a requeued job that had finished, a re-run command
         log.info("already finished: %s", run_dir)
         return None
+    started = time.monotonic()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
@@ -101,7 +152,10 @@ def fit(cfg: DictConfig) -> pl.Trainer | None:
         ckpt_path = checkpoint_to_resume(cfg, run_dir)
         datamodule, model = build(cfg)
     except CONFIG_ERRORS as error:
+        if rank_zero_only.rank == 0:
+            remove_if_empty(run_dir)
         raise RunError(f"error: {root_cause(error)}") from None
+    log.info("run folder: %s", run_dir)
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
     calibrated = None
@@ -114,6 +168,8 @@ def fit(cfg: DictConfig) -> pl.Trainer | None:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # with the calibrated λ
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    if isinstance(logger, WandbLogger):
+        logger._wandb_init.pop("anonymous")  # Lightning always passes it; W&B 0.31 warns that it has no effect
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True) | {"calibration": calibrated})
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback]  # null disables one
@@ -128,6 +184,8 @@ def fit(cfg: DictConfig) -> pl.Trainer | None:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         if cfg.test:
             trainer.test(model, datamodule=datamodule, ckpt_path="best" if trainer.checkpoint_callback else None)
+        if trainer.is_global_zero:
+            report_end(trainer, run_dir, time.monotonic() - started)
     except NonFiniteLossError as error:
         message = f"error: {error}; last good checkpoint kept in {run_dir / 'checkpoints'}"
         if HydraConfig.get().mode != RunMode.MULTIRUN:

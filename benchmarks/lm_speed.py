@@ -80,7 +80,7 @@ def bare_seconds(x: torch.Tensor) -> float:
     for step in range(STEPS):
         if step == WARMUP:
             start = time.perf_counter()
-        loss = module.loss(module(x[index[step * BATCH:(step + 1) * BATCH]]))["total"]
+        loss = module.loss(module(x[index[step * BATCH:(step + 1) * BATCH]]))["objective"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

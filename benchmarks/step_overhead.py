@@ -107,7 +107,7 @@ def bare(model: str, scale: Scale, dm, batches=in_memory) -> float:
     for step in range(scale.steps):
         if step == scale.warmup:
             start = time.perf_counter()
-        loss = module.loss(module(next(stream)))["total"]
+        loss = module.loss(module(next(stream)))["objective"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -16,6 +16,13 @@ def write_json(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def epochs_trained(trainer) -> int:
+    """Epochs whose training has ended: Lightning's ``current_epoch`` is the index of the epoch in progress,
+    which at a validation that ends an epoch is one behind."""
+    epochs, batches = trainer.fit_loop.epoch_progress.current, trainer.fit_loop.epoch_loop.batch_progress
+    return epochs.completed + int(epochs.started > epochs.completed and batches.is_last_batch)
+
+
 def report(trainer, values: dict[str, float]) -> None:
     """Values measured at the end of training: into callback_metrics (which MetricsFile writes in
     on_fit_end) and to every logger."""
@@ -35,7 +42,7 @@ class MetricsFile(pl.Callback):
             return
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
         self.measured |= {name: value if math.isfinite(value) else str(value) for name, value in metrics.items()}
-        write_json(self.path, {"status": status, "epoch": trainer.current_epoch,
+        write_json(self.path, {"status": status, "epoch": epochs_trained(trainer),
                                "global_step": trainer.global_step, **self.measured, **self.extra})
 
     def on_validation_end(self, trainer, pl_module):
@@ -43,6 +50,8 @@ class MetricsFile(pl.Callback):
             self.write(trainer, "running")
 
     def on_fit_end(self, trainer, pl_module):
+        for logger in trainer.loggers:  # Lightning logs the index of the last epoch; this file, and now W&B, the count
+            logger.log_metrics({"epoch": epochs_trained(trainer)}, step=trainer.global_step)
         self.write(trainer, "finished")
 
     def on_test_end(self, trainer, pl_module):

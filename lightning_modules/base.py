@@ -64,22 +64,33 @@ class SparseCoder(pl.LightningModule):
         return self.loss(out, global_batch=self.global_batch if ranks > 1 else None, ranks=ranks, **options)
 
     def training_step(self, batch, batch_idx):
-        terms = self.losses(self(batch[0]), sparsity_scale=self.sparsity_scale())
+        out = self(batch[0])
+        terms = self.losses(out, sparsity_scale=self.sparsity_scale())
         self._check_finite(terms)
         # only on the steps the logger writes (Lightning's own "+ 1"): each self.log costs ~0.5 ms,
         # more than a whole step of a small model (benchmarks/step_overhead.py)
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
-            # averaged over ranks: the global batch's values (a per-rank sum is already scaled by the ranks)
-            self.log_dict({f"train/{name}": value for name, value in terms.items()}, sync_dist=True)
-            if self.sparsity_warmup:
-                self.log("train/sparsity_scale", self.sparsity_scale())
-            self.log("train/weight_norm", self.feature_directions().detach().norm())
-        return terms["total"]
+            self.log_step(out, terms)
+        return terms["objective"]
+
+    @torch.no_grad()
+    def log_step(self, out: dict, terms: dict[str, Tensor]) -> None:
+        """Per example like val/*, averaged over ranks (a per-rank sum is already scaled by the ranks); the
+        objective too where it differs (a sum over the batch)."""
+        logged = {f"train/{name}": value for name, value in terms.items() if name not in ("total", "objective")}
+        if self.loss.reduction == "sum":
+            logged["train/objective"] = terms["objective"]
+        self.log_dict(logged, sync_dist=True)
+        shown = {"train/total": terms["total"], "train/l0": (out["a"] > 0).sum(-1).float().mean()}
+        self.log_dict(shown, prog_bar=True, sync_dist=True)
+        if self.sparsity_warmup:
+            self.log("train/sparsity_scale", self.sparsity_scale())
+        self.log("train/weight_norm", self.feature_directions().detach().norm())
 
     def validation_step(self, batch, batch_idx):
         out = self(batch[0])
-        terms = self.losses(out, reduction="mean")  # per example, whatever the eval batch size
-        self.log_dict({f"val/{name}": value for name, value in terms.items()}, sync_dist=True)
+        terms = self.losses(out)
+        self.log_dict({f"val/{name}": value for name, value in terms.items() if name != "objective"}, sync_dist=True)
         return out
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
@@ -99,9 +110,10 @@ class SparseCoder(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _check_finite(self, terms: dict[str, Tensor]) -> None:
-        if torch.isfinite(terms["total"]):
+        if torch.isfinite(terms["objective"]):
             return
-        bad = [name for name, value in terms.items() if name != "total" and not torch.isfinite(value)]
+        bad = [name for name, value in terms.items()
+               if name not in ("total", "objective") and not torch.isfinite(value)]
         raise NonFiniteLossError(
             f"non-finite loss at step {self.global_step}: term(s) {bad or ['total']} "
             f"= {[float(terms[name].detach()) for name in bad or ['total']]}"

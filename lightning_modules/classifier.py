@@ -22,7 +22,7 @@ class MLPClassifier(pl.LightningModule):
             raise ValueError(f"model.lr must be > 0, got {lr}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown model.activation {activation!r}; choose from {list(ACTIVATIONS)}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # train.py logs the whole config once
         self.w_in = nn.Linear(input_dim, hidden_dim)
         self.w_gate = nn.Linear(input_dim, hidden_dim) if activation == "geglu" else None
         self.w_out = nn.Linear(hidden_dim, n_classes)

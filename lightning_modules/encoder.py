@@ -27,7 +27,7 @@ class DecoderFreeEncoder(SparseCoder):
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown model.activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
         super().__init__(loss, lr, **schedule)
-        self.save_hyperparameters(ignore=["loss"])
+        self.save_hyperparameters(ignore=["loss"], logger=False)  # train.py logs the whole config once
         self.linear = nn.Linear(input_dim, hidden_dim)
         self.activation = ACTIVATIONS[activation]
         self.unit_norm_rows = unit_norm_rows

@@ -1,9 +1,12 @@
 """One registry of named loss terms, shared by the decoder-free encoder and every SAE.
 
 A model's forward pass returns a dict of tensors (``x``, ``z``, ``a``, and ``x_hat`` when it has a
-decoder). A term reads the keys it declares and returns either one value per example (reduced over
-the batch by the composite's ``reduction``) or one value for the whole batch (batch statistics such
-as the variance and decorrelation terms, where a per-example reduction has no meaning).
+decoder). A term reads the keys it declares and returns either one value per example (averaged over
+the batch when reported) or one value for the whole batch (batch statistics such as the variance and
+decorrelation terms, where a per-example reduction has no meaning). Terms and ``total`` are reported on
+this per-example scale, in training and evaluation alike; ``objective`` is what is optimised, where the
+composite's ``reduction`` decides whether per-example terms are summed over the batch (the paper) or
+averaged.
 
 Under data parallelism, N ranks with batch B train as one process with batch N*B: batch statistics are
 computed on the global batch (``global_batch`` gathers it with gradients), and a per-rank ``sum`` is
@@ -103,24 +106,25 @@ class CompositeLoss:
             if missing:
                 raise ValueError(f"loss term '{name}' needs {sorted(missing)}, which {model_name} does not produce")
 
-    def __call__(self, out: dict, sparsity_scale: float = 1.0, reduction: str | None = None,
+    def __call__(self, out: dict, sparsity_scale: float = 1.0,
                  global_batch: Callable[[Tensor], Tensor] | None = None, ranks: int = 1) -> dict[str, Tensor]:
-        reduction = reduction or self.reduction
-        values, total, gathered = {}, 0.0, {}
+        """Every term and ``total`` per example, and the ``objective`` to minimise."""
+        values, total, objective, gathered = {}, 0.0, 0.0, {}
         for name, weight in self.weights.items():
             term = LOSS_TERMS[name]
             if global_batch is not None and not term.per_example:  # gathered once, with gradients, for every term
                 gathered |= {key: global_batch(out[key]) for key in term.needs - gathered.keys()}
             with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
-                if term.per_example:
-                    value = term.fn(out, **self.options)
-                    value = value.sum() * ranks if reduction == "sum" else value.mean()
-                else:
-                    value = term.fn(out | gathered, **self.options)
+                value = term.fn(out if term.per_example else out | gathered, **self.options)
+                rows = len(value) if term.per_example else 1
+                value = value.mean() if term.per_example else value
             values[name] = value
             if weight > 0:
-                total = total + weight * (sparsity_scale if term.sparsity else 1.0) * value
-        values["total"] = total
+                weighted = weight * (sparsity_scale if term.sparsity else 1.0) * value
+                total = total + weighted
+                # summed over the global batch: this rank's rows, times the ranks that DDP averages over
+                objective = objective + (weighted * rows * ranks if self.reduction == "sum" else weighted)
+        values["total"], values["objective"] = total, objective
         return values
 
 

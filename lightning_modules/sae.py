@@ -23,7 +23,7 @@ class SparseAutoencoder(SparseCoder):
         if hidden_dim <= 0:
             raise ValueError(f"model.hidden_dim must be > 0, got {hidden_dim}")
         super().__init__(loss, lr, **schedule)
-        self.save_hyperparameters(ignore=["loss"])
+        self.save_hyperparameters(ignore=["loss"], logger=False)  # train.py logs the whole config once
         self.encoder = nn.Linear(input_dim, hidden_dim)
         self.b_dec = nn.Parameter(torch.zeros(input_dim))
         # tied: W_dec = W_enc^T, the decoder-free encoder's parameter count plus b_dec

@@ -49,16 +49,22 @@ def test_composite_reports_every_term_but_sums_only_the_weighted_ones():
     a = relu_codes().requires_grad_(True)
     loss = CompositeLoss({"lse": 0.0, "variance": 2.0, "decorrelation": 1.0})
     terms = loss({"a": a})
-    assert set(terms) == {"lse", "variance", "decorrelation", "total"}
+    assert set(terms) == {"lse", "variance", "decorrelation", "total", "objective"}
     assert not terms["lse"].requires_grad  # weight 0: reported, not differentiated
     torch.testing.assert_close(terms["total"], 2 * terms["variance"] + terms["decorrelation"])
 
 
-def test_reduction_sum_is_batch_size_times_mean():
+def test_terms_are_per_example_and_a_summed_objective_is_batch_size_times_the_mean():
     a = relu_codes(n=32)
-    summed = CompositeLoss({"lse": 1.0}, reduction="sum")({"a": a})["lse"]
-    mean = CompositeLoss({"lse": 1.0}, reduction="mean")({"a": a})["lse"]
-    torch.testing.assert_close(summed, 32 * mean)
+    summed = CompositeLoss({"lse": 1.0, "variance": 2.0}, reduction="sum")({"a": a})
+    mean = CompositeLoss({"lse": 1.0, "variance": 2.0}, reduction="mean")({"a": a})
+    expected_lse = LOSS_TERMS["lse"].fn({"a": a}, **OPTIONS).mean()
+    for terms in (summed, mean):
+        torch.testing.assert_close(terms["lse"], expected_lse)
+        torch.testing.assert_close(terms["total"], expected_lse + 2 * terms["variance"])
+    torch.testing.assert_close(mean["objective"], mean["total"])
+    # the batch statistic counts once
+    torch.testing.assert_close(summed["objective"], 32 * expected_lse + 2 * summed["variance"])
 
 
 @pytest.mark.parametrize("kwargs, message", [

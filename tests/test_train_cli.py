@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from conftest import QUICK, read_metrics, run_cli
+from conftest import QUICK, read_metrics, run_cli, wandb_run
 
 UNIT_KEYS = {"dead_units", "frac_zero_active", "dead_fraction", "dead_at_init", "low_variance_units", "redundancy",
              "redundancy_norm",
@@ -46,14 +46,34 @@ def test_ablation_analysis_writes_figure_and_table(ablation_dir):
     assert "redundancy_norm" in result.stdout
 
 
-def test_mnist_run_logs_to_wandb_offline_with_figures(tmp_path):
-    run_cli("train.py", "trainer.max_epochs=1", "trainer.limit_train_batches=5", "model.hidden_dim=8",
-            f"hydra.run.dir={tmp_path}")
-    offline_runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(offline_runs) == 1 and offline_runs[0].stat().st_size > 0
+def test_mnist_run_logs_to_wandb_offline_with_figures_and_says_only_what_matters(tmp_path):
+    result = run_cli("train.py", "trainer.max_epochs=2", "trainer.limit_train_batches=5", "model.hidden_dim=8",
+                     "trainer.log_every_n_steps=2", f"hydra.run.dir={tmp_path}")
     for name in ("abs_corr", "weight_cosine", "firing_frequency"):
         assert (tmp_path / "figures" / f"{name}.png").is_file()
-    assert read_metrics(tmp_path)["params"] == 784 * 8 + 8
+    metrics = read_metrics(tmp_path)
+    assert metrics["params"] == 784 * 8 + 8 and metrics["epoch"] == 2 and metrics["global_step"] == 10
+    run, config, history = wandb_run(tmp_path)
+    assert run.run_group == str(tmp_path) and run.display_name  # a single run is its own group
+    assert "model" in config and "hidden_dim" not in config  # the hyperparameters once, under their group
+    assert history["epoch"] == 2 and history["trainer/global_step"] == 10
+    # train and val terms on the same per-example scale; the optimised sum over the batch beside them
+    assert abs(history["train/total"] - history["val/total"]) < 0.5 * abs(history["val/total"])
+    assert history["train/objective"] != history["train/total"]
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert lines[0] == f"run folder: {tmp_path}" and lines[-3].startswith("finished in ")
+    assert lines[-2].startswith(f"files in {tmp_path}: checkpoints/, config_resolved.yaml, figures/, metrics.json")
+    assert lines[-1].startswith(f"W&B, offline: wandb sync {tmp_path / 'wandb' / 'offline-run-'}")
+    assert sum(line.startswith("epoch ") for line in lines) == 2 and len(lines) <= 8
+    assert "finished in " in (tmp_path / "train.log").read_text()
+
+
+def test_progress_outside_a_terminal_is_a_plain_line_every_so_often(tmp_path):
+    result = run_cli("train.py", *QUICK, "callbacks.progress.every_s=0", "trainer.limit_train_batches=3",
+                     f"hydra.run.dir={tmp_path}")
+    steps = [line for line in result.stdout.splitlines() if line.startswith("epoch 1/1, step ")]
+    assert [line.split(",")[1] for line in steps] == [" step 1/3 (33%)", " step 2/3 (67%)", " step 3/3 (100%)"]
+    assert steps[0] in (tmp_path / "train.log").read_text() and "\r" not in result.stdout + result.stderr
 
 
 def test_theorem_command_prints_exact_agreement(tmp_path):
@@ -72,11 +92,11 @@ def test_theorem_command_prints_exact_agreement(tmp_path):
     ("trainer.max_epochs=0", "trainer.max_epochs=0 trains nothing"),
 ])
 def test_impossible_values_fail_in_one_line_before_training(tmp_path, override, message):
-    result = run_cli("train.py", *QUICK, override, f"hydra.run.dir={tmp_path}", check=False)
+    result = run_cli("train.py", *QUICK, override, f"hydra.run.dir={tmp_path / 'run'}", check=False)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("error: ") and message in lines[-1]
-    assert "Traceback" not in result.stderr and not (tmp_path / "metrics.json").exists()
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()  # no empty run folder left
 
 
 def test_unknown_group_option_lists_the_options():
@@ -85,9 +105,10 @@ def test_unknown_group_option_lists_the_options():
     assert "Could not find 'loss/lse_typo'" in result.stderr and "lse_var_tc" in result.stderr
 
 
-def test_missing_mnist_names_the_path(tmp_path):
-    result = run_cli("train.py", f"data.data_dir={tmp_path}", check=False)
+def test_missing_mnist_names_the_path_and_leaves_no_outputs(tmp_path):
+    result = run_cli("train.py", f"data.data_dir={tmp_path}", check=False, cwd=tmp_path)
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: MNIST file missing: {tmp_path}/")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_non_finite_loss_stops_with_the_step_and_term(tmp_path):

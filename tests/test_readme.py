@@ -1,0 +1,67 @@
+"""What the README tells a user to type: every train.py override it names composes, the options of plain
+training run, and --help says what the script does."""
+import re
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from conftest import QUICK, ROOT, read_metrics, run_cli
+
+ANALYSIS_KEYS = {"dir", "run"}  # the analysis and export commands' own keys
+
+
+def documented_overrides() -> list[str]:
+    """``key=value`` and ``group=option`` in the README's code spans, alternatives (``a|b``) and sweeps (``a,b``)
+    expanded; placeholders (``<dir>``, ``…``, ``[...]``) and commands' flags left out."""
+    text, found = (ROOT / "README.md").read_text(), []
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S)
+    for span in blocks + re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S)):
+        for token in span.split():
+            key, _, values = token.strip("[]").partition("=")
+            if not values or not re.fullmatch(r"[+~]?[a-z_./0-9]+", key) or key in ANALYSIS_KEYS:
+                continue
+            if re.search(r"[<>…\[\]]|\.\.\.|^[A-Z]+$", values):
+                continue
+            found += [f"{key}={value}" for value in re.split(r"[|,]", values.replace(r"\|", "|")) if value]
+    return sorted(set(found) - {"torch==2.13.0"})
+
+
+OVERRIDES = documented_overrides()
+
+
+def test_the_readme_names_the_overrides_users_reach_for():
+    assert {"logger=none", "logger=csv", "trainer=ddp", "model=jumprelu_sigmoid", "calibrate.target_l0=1"} <= set(
+        OVERRIDES)
+
+
+@pytest.mark.parametrize("override", OVERRIDES)
+def test_every_documented_override_composes(override):
+    """With the default config, or with one option of the group it belongs to (``model.threshold_param`` is a
+    JumpReLU's, ``hydra.launcher.gpus_per_node`` SLURM's)."""
+    key = override.split("=")[0]
+    group = "hydra/launcher" if key.startswith("hydra.launcher.") else key.split(".")[0]
+    options = sorted(path.stem for path in (ROOT / "conf" / group).glob("*.yaml")) if "." in key else []
+    errors = []
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        for context in [[]] + [[f"{group}={option}"] for option in options]:
+            try:
+                compose("train", overrides=[*context, override], return_hydra_config=True)
+                return
+            except Exception as error:  # noqa: BLE001 (Hydra raises several types; all mean "does not compose")
+                errors.append(f"{context}: {error}")
+    pytest.fail("\n".join(errors))
+
+
+def test_the_documented_training_options_run_together(tmp_path):
+    options = ["data.normalize=none", "loss.bounded_variance=true", "model.unit_norm_rows=true", "torch_threads=1"]
+    assert set(options) <= set(OVERRIDES)
+    run_cli("train.py", *QUICK, *options, f"hydra.run.dir={tmp_path}")
+    assert read_metrics(tmp_path)["status"] == "finished"
+
+
+def test_help_says_what_the_script_does_and_where_runs_land():
+    help_text = run_cli("train.py", "--help").stdout
+    assert help_text.startswith("train.py: trains one model")
+    for text in ("model: batchtopk, classifier, encoder", "model.hidden_dim=64", "outputs/<date>/<time>/",
+                 "multirun/<date>/<time>/<job>/"):
+        assert text in help_text
