@@ -116,14 +116,14 @@ class CompositeLoss:
                 gathered |= {key: global_batch(out[key]) for key in term.needs - gathered.keys()}
             with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
                 value = term.fn(out if term.per_example else out | gathered, **self.options)
-                rows = len(value) if term.per_example else 1
+                # summed over the global batch: this rank's rows, times the ranks that DDP averages over
+                summed_over = len(value) * ranks if term.per_example and self.reduction == "sum" else 1
                 value = value.mean() if term.per_example else value
             values[name] = value
             if weight > 0:
                 weighted = weight * (sparsity_scale if term.sparsity else 1.0) * value
                 total = total + weighted
-                # summed over the global batch: this rank's rows, times the ranks that DDP averages over
-                objective = objective + (weighted * rows * ranks if self.reduction == "sum" else weighted)
+                objective = objective + weighted * summed_over
         values["total"], values["objective"] = total, objective
         return values
 

@@ -103,3 +103,13 @@ def test_a_batch_statistic_after_an_unweighted_one_still_trains_through_the_gath
     terms = loss({"a": a}, global_batch=lambda values: torch.cat([values, values.detach() + 1]), ranks=2)
     terms["total"].backward()
     assert a.grad is not None and a.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_two_ranks_optimise_what_one_process_does_with_their_batches(reduction):
+    """DDP averages the ranks' gradients: each rank's objective, with the global batch gathered, must average
+    to the one-process objective (a per-rank sum scaled by the ranks, a batch statistic counted once)."""
+    a = torch.rand(8, 4, dtype=torch.float64)
+    loss = CompositeLoss({"lse": 1.0, "variance": 1.0, "decorrelation": 1.0}, reduction=reduction)
+    per_rank = [loss({"a": rows}, global_batch=lambda values: a, ranks=2)["objective"] for rows in a.split(4)]
+    torch.testing.assert_close(sum(per_rank) / 2, loss({"a": a})["objective"])
