@@ -7,6 +7,7 @@ import time
 from datetime import timedelta
 
 from pytorch_lightning.callbacks import TQDMProgressBar
+from tqdm import tqdm
 
 from callbacks.metrics_file import epochs_trained
 
@@ -41,6 +42,11 @@ class Progress(TQDMProgressBar):
         self.started = self.last_line = time.monotonic()
         self.first_step = trainer.global_step
 
+    def on_train_epoch_start(self, trainer, pl_module):
+        super().on_train_epoch_start(trainer, pl_module)
+        # counted from 1, as the lines below count (Lightning's bar shows the epoch's index)
+        self.train_progress_bar.set_description(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         now = time.monotonic()
@@ -51,7 +57,7 @@ class Progress(TQDMProgressBar):
             eta = f", {duration((total - steps) / rate)} left" if rate > 0 and total != float("inf") else ""
             log.info("epoch %d/%d, step %d/%s (%.0f%%), %.3g steps/s%s: %s", trainer.current_epoch + 1,
                      trainer.max_epochs, steps, total, 100 * steps / total, rate, eta,
-                     metric_line(trainer.progress_bar_metrics, ("train/total", "train/l0")))
+                     metric_line(trainer.progress_bar_metrics, trainer.progress_bar_metrics))
 
     def on_validation_end(self, trainer, pl_module):
         super().on_validation_end(trainer, pl_module)
@@ -59,5 +65,6 @@ class Progress(TQDMProgressBar):
             return
         metrics = trainer.callback_metrics
         names = dict.fromkeys([name for name in metrics if name.startswith("val/")] + list(SHOWN))
-        log.info("epoch %d/%d done, step %d, %s elapsed: %s", epochs_trained(trainer), trainer.max_epochs,
-                 trainer.global_step, duration(time.monotonic() - self.started), metric_line(metrics, names))
+        with tqdm.external_write_mode(file=sys.stdout):  # on its own line, under the bars
+            log.info("epoch %d/%d done, step %d, %s elapsed: %s", epochs_trained(trainer), trainer.max_epochs,
+                     trainer.global_step, duration(time.monotonic() - self.started), metric_line(metrics, names))

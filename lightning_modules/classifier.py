@@ -46,7 +46,7 @@ class MLPClassifier(pl.LightningModule):
         loss = F.cross_entropy(self(x), y)
         if not torch.isfinite(loss):  # a diverged lr stops here instead of training on NaNs
             raise NonFiniteLossError(f"non-finite loss at step {self.global_step}: 'ce' = {float(loss.detach())}")
-        self.log("train/ce", loss)
+        self.log("train/ce", loss, prog_bar=True)
         return loss
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], split: str) -> None:
