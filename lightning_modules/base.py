@@ -80,9 +80,10 @@ class SparseCoder(pl.LightningModule):
         logged = {f"train/{name}": value for name, value in terms.items() if name not in ("total", "objective")}
         if self.loss.reduction == "sum":
             logged["train/objective"] = terms["objective"]
+        # L0 is a loss term of some models (JumpReLU's gates), measured here for the others
+        l0 = logged.pop("train/l0") if "train/l0" in logged else (out["a"] > 0).sum(-1).float().mean()
         self.log_dict(logged, sync_dist=True)
-        shown = {"train/total": terms["total"], "train/l0": (out["a"] > 0).sum(-1).float().mean()}
-        self.log_dict(shown, prog_bar=True, sync_dist=True)
+        self.log_dict({"train/total": terms["total"], "train/l0": l0}, prog_bar=True, sync_dist=True)
         if self.sparsity_warmup:
             self.log("train/sparsity_scale", self.sparsity_scale())
         self.log("train/weight_norm", self.feature_directions().detach().norm())

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from conftest import QUICK, read_metrics, run_cli, wandb_run
+from conftest import QUICK, ROOT, read_metrics, run_cli, wandb_run
 
 UNIT_KEYS = {"dead_units", "frac_zero_active", "dead_fraction", "dead_at_init", "low_variance_units", "redundancy",
              "redundancy_norm",
@@ -134,3 +134,13 @@ def test_logger_none_trains_without_a_logger(tmp_path):
     run_cli("train.py", *QUICK, "logger=none", f"hydra.run.dir={tmp_path}")
     assert read_metrics(tmp_path)["status"] == "finished"
     assert not (tmp_path / "csv").exists() and not (tmp_path / "wandb").exists()
+
+
+def test_every_model_trains_through_train_py_and_logs_its_terms_and_l0(tmp_path):
+    models = sorted(path.stem for path in (ROOT / "conf" / "model").glob("*.yaml") if path.stem != "classifier")
+    run_cli("train.py", "-m", f"model={','.join(models)}", *QUICK, "logger=none", "trainer.limit_train_batches=4",
+            "trainer.log_every_n_steps=2", "callbacks.final_evaluation.probe=false", f"hydra.sweep.dir={tmp_path}")
+    for job, model in enumerate(models):
+        metrics = read_metrics(tmp_path / str(job))
+        assert metrics["status"] == "finished", model
+        assert {"train/total", "train/l0", "val/total", "l0"} <= set(metrics), model
