@@ -3,7 +3,6 @@ metrics, mean ± std over seeds) and a Markdown table, from a multirun over ``lo
 
     python -m analysis.ablation dir=multirun/<date>/<time>
 """
-from collections import defaultdict
 from pathlib import Path
 
 import hydra
@@ -11,46 +10,77 @@ import matplotlib.pyplot as plt
 import numpy as np
 from omegaconf import DictConfig
 
-from analysis.runs import load_runs, markdown_table, mean_std
-from evaluation.plots import publish, show_matrix
+from analysis.runs import group, load_runs, markdown_table, mean_std
+from evaluation.plots import publish, show_correlation
 
-ORDER = ["lse", "lse_var", "lse_var_tc", "var_tc"]
-BARS = ["dead_fraction", "redundancy_norm", "resp_entropy", "max_resp"]
+LABELS = {"lse": "A: lse", "lse_var": "B: lse+var", "lse_var_tc": "C: lse+var+tc", "var_tc": "D: var+tc"}
+BARS = {  # metric -> y label, with its unit
+    "dead_fraction": "dead units (fraction)",
+    "redundancy_norm": "mean Corr²_ij, alive i ≠ j",
+    "resp_entropy": "E_x H(r(x)) (nats)",
+    "max_resp": "E_x max_j r_j (probability)",
+}
 TABLE = ["dead_fraction", "dead_at_init", "low_variance_units", "redundancy_norm", "resp_entropy", "max_resp",
          "effective_components", "l0", "l0_eps", "blocked_resp_mass", "weight_norm", "val/lse"]
 
 
+def label(loss: str) -> str:
+    return LABELS.get(loss, loss)
+
+
 def group_by_loss(runs) -> dict[str, list]:
-    groups = defaultdict(list)
-    for run in runs:
-        groups[run.choices["loss"]].append(run)
-    return dict(sorted(groups.items(), key=lambda item: ORDER.index(item[0]) if item[0] in ORDER else len(ORDER)))
+    """A–D in the README's order, then any other loss configuration."""
+    groups = group(runs, lambda run: run.choices["loss"])
+    order = list(LABELS)
+    return dict(sorted(groups.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
+
+
+def seeds_note(groups: dict) -> str:
+    counts = sorted({len(runs) for runs in groups.values()})
+    return f"n = {counts[0]} seed{'s' * (counts[0] > 1)}" if len(counts) == 1 else f"n = {counts} seeds"
 
 
 def figure_2(groups: dict[str, list]):
-    figure, axes = plt.subplots(2, max(len(groups), len(BARS)), figsize=(3.3 * max(len(groups), len(BARS)), 6.4))
+    columns = max(len(groups), len(BARS))
+    figure, axes = plt.subplots(2, columns, figsize=(3.4 * columns, 6.8))
     for ax, (name, runs) in zip(axes[0], groups.items()):
-        stats = min(runs, key=lambda run: run.config["seed"]).path / "unit_stats.npz"
-        show_matrix(ax, np.abs(np.load(stats)["corr"]), f"{name}: |Corr(a)|")
+        run = runs[0]  # the lowest seed
+        stats = np.load(run.path / "unit_stats.npz")
+        show_correlation(ax, stats["corr"], stats["firing_frequency"], f"{label(name)}, seed {run.seed}")
     for ax in axes[0][len(groups):]:
         ax.axis("off")
-    for ax, metric in zip(axes[1], BARS):
-        stats = [mean_std([run.metrics[metric] for run in runs]) for runs in groups.values()]
-        bars = ax.bar(list(groups), [m for m, _ in stats], yerr=[s for _, s in stats], capsize=3, color="tab:blue")
+    hidden = {run.config["model"]["hidden_dim"] for runs in groups.values() for run in runs}
+    for ax, (metric, ylabel) in zip(axes[1], BARS.items()):
+        values = [[run.metrics[metric] for run in runs] for runs in groups.values()]
+        stats = [mean_std(v) for v in values]
+        errors = [s if len(v) > 1 else 0 for (_, s), v in zip(stats, values)]
+        bars = ax.bar([label(name) for name in groups], [m for m, _ in stats], yerr=errors,
+                      capsize=3 if any(errors) else 0, color="tab:blue")
         ax.bar_label(bars, fmt="%.3g", fontsize=7)
+        top = np.nanmax([m + e for (m, _), e in zip(stats, errors)] + [1e-12])
+        if metric == "resp_entropy":
+            for k in sorted(hidden):  # uniform responsibilities: the largest entropy k units allow
+                ax.axhline(np.log(k), color="tab:red", ls="--", lw=1, label=f"log k = {np.log(k):.3g} (k = {k})")
+            top = max(top, np.log(max(hidden)))
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set_ylim(0, 1.0 if metric == "dead_fraction" else 1.15 * top)  # every bar here is >= 0
+        ax.set_ylabel(ylabel, fontsize=8)
         ax.set_title(metric, fontsize=9)
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
-    figure.suptitle("Ablation of the loss terms (bars: mean ± std over seeds)", fontsize=10)
+    spread = "bars: mean ± std over seeds" if any(len(runs) > 1 for runs in groups.values()) else "bars: one seed"
+    figure.suptitle(f"Ablation of the loss terms, validation split, {seeds_note(groups)} per configuration "
+                    f"({spread}); matrices: lowest seed", fontsize=10)
     figure.tight_layout()
     return figure
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="analysis")
 def main(cfg: DictConfig) -> None:
-    groups = group_by_loss(load_runs(cfg.dir))
-    table = markdown_table({name: [run.metrics for run in runs] for name, runs in groups.items()}, TABLE)
+    groups = group_by_loss(load_runs(cfg.dir, needs=("unit_stats.npz",)))
+    table = markdown_table({label(name): [run.metrics for run in runs] for name, runs in groups.items()}, TABLE)
     publish(Path(cfg.dir) / "analysis", figure_2(groups), "figure2_ablation",
-            "# Ablation (validation set; mean ± std over seeds)\n\n" + table, "ablation.md")
+            f"# Ablation (validation split; mean ± std over seeds, {seeds_note(groups)})\n\n" + table,
+            "ablation.md")
 
 
 if __name__ == "__main__":

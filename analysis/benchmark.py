@@ -14,7 +14,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from analysis.runs import architecture, column, format_mean_std, load_runs, markdown_table, mean_std
+from analysis.runs import architecture, column, format_mean_std, group, load_runs, markdown_table, mean_std
 from evaluation.linear_fits import pca_fvu, probe_accuracy
 from evaluation.plots import publish
 
@@ -25,10 +25,7 @@ MAX_TRAIN = 10000  # as the runs' FinalEvaluation fits its read-outs
 
 def group_runs(runs) -> dict[tuple[str, float], list]:
     """(architecture, sparsity knob) -> the runs over seeds."""
-    groups = defaultdict(list)
-    for run in runs:
-        groups[architecture(run), float(run.config.get("sparsity", 0))].append(run)
-    return dict(sorted(groups.items()))
+    return group(runs, lambda run: (architecture(run), float(run.config.get("sparsity", 0))))
 
 
 def data_baselines(run, k: int) -> dict[str, float]:

@@ -14,7 +14,7 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from analysis.runs import architecture, column, load_runs, markdown_table, mean_std
+from analysis.runs import architecture, column, group, load_runs, markdown_table, mean_std
 from evaluation.linear_fits import pca_fvu
 from evaluation.plots import density_histogram, publish, save_figure
 
@@ -25,10 +25,8 @@ PER_LAYER = ["fvu", "downstream_recovered", "l0", "dead_fraction", "dense_fracti
 
 def groups_of(runs) -> dict[tuple, list]:
     """(layer, architecture, sparsity knob) -> the runs over seeds."""
-    groups = defaultdict(list)
-    for run in runs:
-        groups[run.config["data"]["layer"], architecture(run), float(run.config.get("sparsity") or 0)].append(run)
-    return dict(sorted(groups.items()))
+    return group(runs, lambda run: (run.config["data"]["layer"], architecture(run),
+                                    float(run.config.get("sparsity") or 0)))
 
 
 def pca_curves(runs) -> dict[int, tuple[np.ndarray, np.ndarray]]:

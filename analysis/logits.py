@@ -13,7 +13,7 @@ import hydra
 import matplotlib.pyplot as plt
 from omegaconf import DictConfig
 
-from analysis.runs import Run, format_mean_std, load_runs, mean_std
+from analysis.runs import Run, format_mean_std, group, load_runs, mean_std
 from evaluation.plots import publish
 
 REFERENCE = {"l0": 1.63, "delta_acc": 0.0562, "delta_ce": 0.25}  # the seed study's JumpReLU, on test
@@ -33,11 +33,10 @@ def setting(run: Run) -> str:
 
 def frontier(runs: list[Run]) -> dict[str, dict[str, list[dict]]]:
     """family -> grid point -> the test split of each seed."""
-    families = defaultdict(lambda: defaultdict(list))
-    for run in runs:
-        test = test_split(run)
-        if test is not None:
-            families[run.choices["model"]][setting(run)].append(test)
+    families = defaultdict(dict)
+    runs = [run for run in runs if test_split(run) is not None]
+    for (family, point), seeds in group(runs, lambda run: (run.choices["model"], setting(run))).items():
+        families[family][point] = [test_split(run) for run in seeds]
     return families
 
 

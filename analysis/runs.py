@@ -1,11 +1,17 @@
-"""Reading a multirun directory: every job folder with a metrics.json, its config and its choices."""
+"""Reading run folders: the finished runs under a folder (a sweep, several sweeps, run folders), each with
+its configuration, its seed and its metrics. What is not a finished run is skipped and listed; two runs
+of one configuration and seed stop the analysis, since averaging them would count one seed twice."""
 import json
 import sys
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Hashable
 
 import numpy as np
 from omegaconf import OmegaConf
+
+HOW_A_JOB_RAN = ("seed", "torch_threads", "ckpt_path", "hydra.", "hydra/")  # not what it is
 
 
 @dataclass
@@ -14,22 +20,62 @@ class Run:
     choices: dict  # Hydra's config-group choices, e.g. {"loss": "lse_var"}
     config: dict
     metrics: dict
+    overrides: list[str]  # the job's command-line overrides
+
+    @property
+    def seed(self) -> int:
+        return self.config["seed"]
+
+    @property
+    def configuration(self) -> str:
+        """The job's overrides but its seed and how it ran: equal for the seeds of one configuration."""
+        kept = [o for o in self.overrides if not o.lstrip("+~").startswith(HOW_A_JOB_RAN)]
+        return ",".join(sorted(kept)) or "defaults"
 
 
-def load_runs(multirun_dir: str) -> list[Run]:
-    root = Path(multirun_dir)
-    runs = []
+def load_runs(directory: str, needs: tuple[str, ...] = ()) -> list[Run]:
+    """The finished runs under ``directory`` that hold the files in ``needs``, each configuration and seed once."""
+    root = Path(directory)
+    if not root.is_dir():
+        sys.exit(f"error: dir={directory} is not a folder")
+    runs, skipped = [], []
     for metrics_file in sorted(root.glob("**/metrics.json")):
         path = metrics_file.parent
-        hydra_file, config_file = path / ".hydra" / "hydra.yaml", path / "config_resolved.yaml"
-        if not (hydra_file.is_file() and config_file.is_file()):
-            continue
-        choices = OmegaConf.to_container(OmegaConf.load(hydra_file).hydra.runtime.choices)
-        config = OmegaConf.to_container(OmegaConf.load(config_file))
-        runs.append(Run(path, choices, config, json.loads(metrics_file.read_text())))
+        metrics = json.loads(metrics_file.read_text())
+        missing = [name for name in (".hydra/hydra.yaml", "config_resolved.yaml", *needs) if not (path / name).exists()]
+        if metrics.get("status") != "finished":
+            skipped.append(f"skipped {path}: status {metrics.get('status')} (epoch {metrics.get('epoch')})")
+        elif missing:
+            skipped.append(f"skipped {path}: no {', '.join(missing)}")
+        else:
+            hydra = OmegaConf.load(path / ".hydra" / "hydra.yaml").hydra
+            config = OmegaConf.to_container(OmegaConf.load(path / "config_resolved.yaml"))
+            runs.append(Run(path, OmegaConf.to_container(hydra.runtime.choices), config, metrics,
+                            list(hydra.overrides.task)))
+    for line in skipped:
+        print(line, file=sys.stderr)
     if not runs:
-        sys.exit(f"error: no finished job (metrics.json + .hydra/) under {root}")
+        sys.exit(f"error: no finished run under {root} (a run folder with metrics.json, status finished, .hydra/, "
+                 f"config_resolved.yaml{''.join(', ' + name for name in needs)}); {len(skipped)} skipped")
+    folders = sorted({str(run.path.parent) for run in runs})
+    if len(folders) > 1:
+        print(f"merging the runs of {len(folders)} folders: {', '.join(folders)}", file=sys.stderr)
+    group(runs, lambda run: run.configuration)  # one configuration, one seed: once
     return runs
+
+
+def group(runs: list[Run], key: Callable[[Run], Hashable]) -> dict:
+    """Runs by ``key``, each group's runs being its seeds (in seed order); a group holding one seed twice
+    stops the analysis with the two runs and how their configurations differ."""
+    groups = defaultdict(list)
+    for run in sorted(runs, key=lambda run: run.seed):
+        same_seed = next((other for other in groups[key(run)] if other.seed == run.seed), None)
+        if same_seed is not None:
+            differ = sorted(set(run.overrides) ^ set(same_seed.overrides)) or ["nothing: the same run twice"]
+            sys.exit(f"error: two runs of {key(run)} with seed {run.seed}, {same_seed.path} and {run.path}, would be "
+                     f"averaged as seeds; they differ in {', '.join(differ)}")
+        groups[key(run)].append(run)
+    return dict(sorted(groups.items()))
 
 
 def architecture(run: Run) -> str:

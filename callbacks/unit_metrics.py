@@ -13,8 +13,9 @@ from evaluation.plots import save_figure, unit_figures
 
 
 class UnitMetrics(pl.Callback):
-    def __init__(self, output_dir: str, figures: bool = True, corr_units: int | None = None):
+    def __init__(self, output_dir: str, figures: bool = True, corr_units: int | None = None, label: str = ""):
         self.output_dir = Path(output_dir)
+        self.label = label  # what the run is (its overrides), for the figures' titles
         self.figures, self.corr_units = figures, corr_units
         self.arrays: dict[str, np.ndarray] = {}
 
@@ -59,7 +60,7 @@ class UnitMetrics(pl.Callback):
         if not self.figures:
             return
         figures = unit_figures(self.arrays["corr"], directions, self.arrays["firing_frequency"],
-                               self.arrays["active_counts"])
+                               self.arrays["active_counts"], f"{self.label} ({self.output_dir})")
         for name, figure in figures.items():
             png = save_figure(figure, self.output_dir / "figures" / name)[1]
             for logger in trainer.loggers:

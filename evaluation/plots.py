@@ -8,24 +8,39 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def show_matrix(ax, matrix: np.ndarray, title: str, vmin: float = 0.0, vmax: float = 1.0) -> None:
-    image = ax.imshow(matrix, vmin=vmin, vmax=vmax, cmap="viridis", interpolation="nearest")
+def show_matrix(ax, matrix: np.ndarray, title: str, axis: str = "unit") -> None:
+    """A k x k matrix of values in [0, 1], rows i and columns j, with its colour scale."""
+    image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis", interpolation="nearest")
     ax.set_title(title, fontsize=9)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set_xlabel(f"{axis} j", fontsize=8)
+    ax.set_ylabel(f"{axis} i", fontsize=8)
+    ax.tick_params(labelsize=7)
     ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
 
 
+def show_correlation(ax, corr: np.ndarray, firing_frequency: np.ndarray, title: str) -> None:
+    """|Corr(a)| of the code, shown as blank when every unit is dead: its all-zero matrix would otherwise
+    read as a perfectly decorrelated code."""
+    shown = len(corr)
+    if not firing_frequency[:shown].any():
+        show_matrix(ax, np.full_like(corr, np.nan), f"|Corr(a)|: {title}")
+        ax.text(0.5, 0.5, "all units dead\n(no correlation defined)", transform=ax.transAxes, ha="center",
+                va="center", fontsize=9, color="tab:red")
+        return
+    dead = int((firing_frequency[:shown] == 0).sum())
+    show_matrix(ax, np.abs(corr), f"|Corr(a)|: {title}" + (f"\n({dead} dead units: zero rows)" if dead else ""))
+
+
 def unit_figures(corr: np.ndarray, directions: np.ndarray, firing_frequency: np.ndarray,
-                 active_counts: np.ndarray) -> dict:
-    """The per-run figures: |Corr| of the code, cosines of the feature directions, firing histograms, and
-    how many latents each example activates."""
+                 active_counts: np.ndarray, run: str) -> dict:
+    """The per-run figures (validation split): |Corr| of the code, cosines of the feature directions,
+    firing histograms, and how many latents each example activates; each titled with ``run``."""
     unit = directions / np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)
     figures = {}
-    figures["abs_corr"], ax = plt.subplots(figsize=(4.2, 3.6))
-    show_matrix(ax, np.abs(corr), "|Corr(a)| (validation)")
-    figures["weight_cosine"], ax = plt.subplots(figsize=(4.2, 3.6))
-    show_matrix(ax, np.abs(unit @ unit.T), "|cos| between feature directions")
+    figures["abs_corr"], ax = plt.subplots(figsize=(4.4, 3.9))
+    show_correlation(ax, corr, firing_frequency, "validation")
+    figures["weight_cosine"], ax = plt.subplots(figsize=(4.4, 3.9))
+    show_matrix(ax, np.abs(unit @ unit.T), "|cos| between feature directions", axis="latent")
     figures["firing_frequency"], ax = plt.subplots(figsize=(4.2, 3.2))
     ax.hist(firing_frequency, bins=np.linspace(0, 1, 41), color="tab:blue")
     ax.set_xlabel("fraction of validation examples with a_j > 0")
@@ -35,6 +50,7 @@ def unit_figures(corr: np.ndarray, directions: np.ndarray, firing_frequency: np.
     figures["active_counts"], ax = plt.subplots(figsize=(4.2, 3.2))
     active_count_histogram(ax, active_counts)
     for figure in figures.values():
+        figure.suptitle(run, fontsize=7)
         figure.tight_layout()
     return figures
 

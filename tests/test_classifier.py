@@ -33,7 +33,7 @@ def test_relu_has_no_gate():
 
 
 def test_ranking_puts_diverged_runs_last():
-    runs = [Run(None, {}, {}, metrics) for metrics in
+    runs = [Run(None, {}, {}, metrics, []) for metrics in
             ({"val/ce": "nan"}, {"val/ce": 0.3}, {}, {"val/ce": 0.1}, {"val/ce": "inf"})]
     order = [run.metrics.get("val/ce") for run in ranked(runs)]
     assert order[:2] == [0.1, 0.3] and set(map(str, order[2:])) == {"nan", "inf", "None"}

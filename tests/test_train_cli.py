@@ -41,7 +41,7 @@ def test_ablation_analysis_writes_figure_and_table(ablation_dir):
     out = ablation_dir / "analysis"
     assert (out / "figure2_ablation.pdf").stat().st_size > 0 and (out / "figure2_ablation.png").stat().st_size > 0
     table = (out / "ablation.md").read_text()
-    for name in ("lse", "lse_var", "lse_var_tc", "var_tc"):
+    for name in ("A: lse", "B: lse+var", "C: lse+var+tc", "D: var+tc"):  # the README's labels, n = 1 seed
         assert f"| {name} | 1 |" in table
     assert "redundancy_norm" in result.stdout
 
@@ -78,6 +78,7 @@ def test_progress_outside_a_terminal_is_a_plain_line_every_so_often(tmp_path):
 
 def test_theorem_command_prints_exact_agreement(tmp_path):
     result = run_cli("-m", "analysis.theorem", "data=gaussian_mixture", f"hydra.run.dir={tmp_path}")
+    assert result.stdout.startswith("a randomly initialised encoder (seed 0): 512 validation examples x 64 units")
     max_error = float(result.stdout.split("max |dL/da - r| = ")[1].split(",")[0])
     assert max_error < 1e-14
     assert (tmp_path / "theorem.pdf").is_file() and (tmp_path / "theorem.png").is_file()
