@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from omegaconf import DictConfig
 
-from analysis.runs import group, load_runs, markdown_table, mean_std
+from analysis.runs import group, load_runs, markdown_table, mean_std, seeds_note
 from evaluation.plots import publish, show_correlation
 
 LABELS = {"lse": "A: lse", "lse_var": "B: lse+var", "lse_var_tc": "C: lse+var+tc", "var_tc": "D: var+tc"}
@@ -33,11 +33,6 @@ def group_by_loss(runs) -> dict[str, list]:
     groups = group(runs, lambda run: run.choices["loss"])
     order = list(LABELS)
     return dict(sorted(groups.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
-
-
-def seeds_note(groups: dict) -> str:
-    counts = sorted({len(runs) for runs in groups.values()})
-    return f"n = {counts[0]} seed{'s' * (counts[0] > 1)}" if len(counts) == 1 else f"n = {counts} seeds"
 
 
 def figure_2(groups: dict[str, list]):

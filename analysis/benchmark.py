@@ -14,7 +14,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from analysis.runs import architecture, column, format_mean_std, group, load_runs, markdown_table, mean_std
+from analysis.runs import (architecture, column, format_mean_std, group, load_runs, markdown_table, mean_std,
+                           seeds_note)
 from evaluation.linear_fits import pca_fvu, probe_accuracy
 from evaluation.plots import publish
 
@@ -70,6 +71,8 @@ def figure_3(groups: dict, encoder_l0: float | None, at_encoder_l0: dict, baseli
     if "probe_acc_init" in baselines:
         probe.axhline(baselines["probe_acc_init"], color="grey", ls=":", lw=1, label="random-init encoder")
     probe.legend(fontsize=7)
+    figure.suptitle(f"The decoder-free encoder against the SAEs, test split, {seeds_note(groups)} per point "
+                    "(error bars: std over seeds)", fontsize=10)
     figure.tight_layout()
     return figure
 

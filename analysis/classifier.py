@@ -54,6 +54,7 @@ def ce_vs_lr(runs: list[Run]):
     ax.set_xlabel("lr")
     ax.set_ylabel("validation CE")
     ax.legend(fontsize=8)
+    ax.set_title("MNIST classifier sweep: one run per point", fontsize=9)
     figure.tight_layout()
     return figure
 

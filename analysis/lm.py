@@ -14,7 +14,7 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from analysis.runs import architecture, column, group, load_runs, markdown_table, mean_std
+from analysis.runs import architecture, column, group, load_runs, markdown_table, mean_std, seeds_note
 from evaluation.linear_fits import pca_fvu
 from evaluation.plots import density_histogram, publish, save_figure
 
@@ -64,6 +64,7 @@ def layer_figure(groups: dict):
             ax.set_title(metric, fontsize=9)
         ax.set(xlabel="layer", xticks=sorted({layer for layer, _, _ in groups}))
     axes[0].legend(fontsize=6)
+    figure.suptitle(f"SAEs on LM activations by layer, test tokens, {seeds_note(groups)} per point", fontsize=10)
     figure.tight_layout()
     return figure
 
@@ -82,7 +83,7 @@ def density_figure(groups: dict):
         ax.set_title(f"L{layer} {arch}", fontsize=9)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
-    figure.suptitle("Feature density (validation tokens)", fontsize=10)
+    figure.suptitle("Feature density (validation tokens; the lowest seed of each setting)", fontsize=10)
     figure.tight_layout()
     return figure
 
@@ -109,6 +110,7 @@ def pareto_figure(groups: dict, curves: dict):
     down_ax.axhline(0.0, color="grey", ls=":", lw=1)
     fvu_ax.legend(fontsize=6)
     down_ax.legend(fontsize=6)
+    figure.suptitle(f"SAEs on LM activations, test tokens, {seeds_note(groups)} per point", fontsize=10)
     figure.tight_layout()
     return figure
 

@@ -13,7 +13,7 @@ import hydra
 import matplotlib.pyplot as plt
 from omegaconf import DictConfig
 
-from analysis.runs import Run, format_mean_std, group, load_runs, mean_std
+from analysis.runs import Run, format_mean_std, group, load_runs, mean_std, seeds_note
 from evaluation.plots import publish
 
 REFERENCE = {"l0": 1.63, "delta_acc": 0.0562, "delta_ce": 0.25}  # the seed study's JumpReLU, on test
@@ -59,6 +59,9 @@ def figure(families):
         ax.set_ylabel(label)
         ax.axhline(0, color="grey", lw=0.6)
     axes[0].legend(fontsize=7)
+    points = {(name, point): seeds for name, family in families.items() for point, seeds in family.items()}
+    fig.suptitle(f"SAEs on the classifier's logits, test split, {seeds_note(points)} per point (error bars: std)",
+                 fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -88,6 +88,14 @@ def column(runs: list[Run], metric: str) -> list[float]:
     return [run.metrics[metric] for run in runs if isinstance(run.metrics.get(metric), (int, float))]
 
 
+def seeds_note(groups: dict) -> str:
+    """How many seeds each point or bar averages, for a figure's title: "n = 3 seeds", or a range."""
+    counts = sorted({len(runs) for runs in groups.values()})
+    if len(counts) > 1:
+        return f"n = {counts[0]}-{counts[-1]} seeds"
+    return f"n = {counts[0]} seed{'s' * (counts[0] > 1)}"
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     values = np.asarray(values, dtype=float)
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
