@@ -51,7 +51,10 @@ def figure_2(groups: dict[str, list]):
         errors = [s if len(v) > 1 else 0 for (_, s), v in zip(stats, values)]
         bars = ax.bar([label(name) for name in groups], [m for m, _ in stats], yerr=errors,
                       capsize=3 if any(errors) else 0, color="tab:blue")
-        ax.bar_label(bars, fmt="%.3g", fontsize=7)
+        all_dead = [all(run.metrics["dead_fraction"] == 1 for run in runs) for runs in groups.values()]
+        # no alive pair: 0 is no measurement, not a decorrelated code
+        ax.bar_label(bars, labels=["all dead" if dead and metric == "redundancy_norm" else f"{m:.3g}"
+                                   for dead, (m, _) in zip(all_dead, stats)], fontsize=7)
         top = np.nanmax([m + e for (m, _), e in zip(stats, errors)] + [1e-12])
         if metric == "resp_entropy":
             for k in sorted(hidden):  # uniform responsibilities: the largest entropy k units allow
