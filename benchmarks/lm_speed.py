@@ -27,7 +27,7 @@ import torch
 
 from activations.cache import ActivationCache
 from activations.harvest import harvest
-from benchmarks.step_overhead import Clock
+from benchmarks.speed import Clock
 from datamodules.lm_activations import ActivationDataModule
 from datamodules.tensor_batches import TensorBatches
 from lightning_modules.losses import CompositeLoss
@@ -70,7 +70,7 @@ def lightning_seconds(train_batches) -> float:
                              logger=False, enable_checkpointing=False, enable_progress_bar=False,
                              enable_model_summary=False, callbacks=[clock], default_root_dir=tmp)
         trainer.fit(sae(), train_dataloaders=train_batches)
-    return clock.end - clock.start
+    return clock.seconds
 
 
 def bare_seconds(x: torch.Tensor) -> float:

@@ -68,7 +68,7 @@ class SparseCoder(pl.LightningModule):
         terms = self.losses(out, sparsity_scale=self.sparsity_scale())
         self._check_finite(terms)
         # only on the steps the logger writes (Lightning's own "+ 1"): each self.log costs ~0.5 ms,
-        # more than a whole step of a small model (benchmarks/step_overhead.py)
+        # more than a whole step of a small model (benchmarks/speed.py)
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             self.log_step(out, terms)
         return terms["objective"]

@@ -1,0 +1,209 @@
+"""Training speed side by side: the framework against a bare PyTorch loop, the machine's matmul peak and
+SAELens, each comparison timed in interleaved rounds.
+
+    python -m benchmarks.speed [rounds=3]
+
+- mnist: 784 -> 64 latents, batch 128, on MNIST: every model, and every ablation configuration of the
+  encoder, trained by Lightning's Trainer (per-term logging, the finiteness guard, the progress
+  callback) against a bare loop over the same module, loss, Adam and data (forward, loss, backward,
+  step, the module's post-step renormalisation).
+- lm: 512 -> 4096 latents, batch 4096, on Gaussian data: the ReLU SAE with decoder-norm-weighted L1 and
+  the TopK SAE (k 32), gradient clipping at 1.0, Lightning against the bare loop, against SAELens's
+  training step on the same SAE (its `training_forward_pass`, backward, clipping and Adam), and the
+  bare loop's FLOP rate against this machine's fp32 matmul peak, measured in the same run.
+
+Every ratio is a ratio of speeds (steps/s over the reference's steps/s): higher is better, 1.0 is
+parity; the median over rounds of the ratio within each round. The last line is one JSON object.
+Machines are noisy: compare ratios, not seconds, and rerun on a quiet machine.
+"""
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+import pytorch_lightning as pl
+import torch
+
+from callbacks.progress import Progress
+from datamodules.gaussian_mixture import GaussianMixtureDataModule
+from datamodules.mnist import MNISTDataModule
+from lightning_modules.encoder import DecoderFreeEncoder
+from lightning_modules.losses import CompositeLoss
+from lightning_modules.sae import (BatchTopKSAE, GatedSAE, JumpReLUSAE, MatryoshkaSAE, SparseAutoencoder,
+                                   TopKSAE)
+
+logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+logging.getLogger("callbacks.progress").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore")
+
+ABLATION = {"lse": {"lse": 1}, "lse_var": {"lse": 1, "variance": 1}, "lse_var_tc": {"lse": 1, "variance": 1,
+            "decorrelation": 1}, "var_tc": {"variance": 1, "decorrelation": 1}}
+
+
+def sae_loss(**terms) -> CompositeLoss:
+    return CompositeLoss({"mse": 1, **terms}, reduction="mean")
+
+
+MNIST_MODELS = {  # as conf/model and conf/loss build them at their defaults
+    **{f"encoder {name}": lambda h, w=weights: DecoderFreeEncoder(784, h, CompositeLoss(w, reduction="sum"))
+       for name, weights in ABLATION.items()},
+    "sae": lambda h: SparseAutoencoder(784, h, sae_loss(l1=0.8)),
+    "sae_tied": lambda h: SparseAutoencoder(784, h, sae_loss(l1=0.8), tied=True),
+    "jumprelu": lambda h: JumpReLUSAE(784, h, sae_loss(l0=0.3), threshold=0.5, unit_norm_decoder=True),
+    "topk": lambda h: TopKSAE(784, h, sae_loss(auxk=1 / 32), k=8, unit_norm_decoder=True),
+    "batchtopk": lambda h: BatchTopKSAE(784, h, sae_loss(auxk=1 / 32), k=8, unit_norm_decoder=True),
+    "matryoshka": lambda h: MatryoshkaSAE(784, h, CompositeLoss({"mse": 0, "matryoshka": 1, "auxk": 1 / 32}),
+                                          k=8, unit_norm_decoder=True),
+    "gated": lambda h: GatedSAE(784, h, sae_loss(gate_l1=2, gate_aux=1), unit_norm_decoder=True),
+}
+LM_MODELS = {
+    "sae l1_decnorm": lambda d, h: SparseAutoencoder(d, h, sae_loss(l1_decnorm=5.0), lr=5e-5),
+    "topk k32": lambda d, h: TopKSAE(d, h, sae_loss(auxk=1 / 32), k=32, lr=5e-5, unit_norm_decoder=True),
+}
+
+
+def bare(module, data, steps: int, warmup: int, clip: float | None = None) -> float:
+    """Seconds for steps - warmup steps of the plainest loop over the module's own parts."""
+    optimizer = module.configure_optimizers()
+    x = data.splits["train"][0]
+    for step in range(steps):
+        if step == warmup:
+            start = time.perf_counter()
+        batch = x[torch.randint(len(x), (data.batch_size,))]
+        loss = module.loss(module(batch))["objective"]
+        optimizer.zero_grad()
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
+        optimizer.step()
+        module.normalize_weights()
+    return time.perf_counter() - start
+
+
+class Clock(pl.Callback):
+    def __init__(self, warmup: int):
+        self.warmup = warmup
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module):
+        self.seconds = time.perf_counter() - self.start
+
+
+def lightning(module, data, steps: int, warmup: int, clip: float | None = None) -> float:
+    clock = Clock(warmup)
+    with tempfile.TemporaryDirectory() as folder:
+        trainer = pl.Trainer(max_epochs=-1, max_steps=steps, limit_val_batches=0, num_sanity_val_steps=0,
+                             logger=False, enable_checkpointing=False, enable_model_summary=False,
+                             gradient_clip_val=clip, callbacks=[clock, Progress()], default_root_dir=folder)
+        trainer.fit(module, datamodule=data)
+    return clock.seconds
+
+
+def saelens(module, data, steps: int, warmup: int, clip: float | None = None) -> float:
+    """SAELens's training step (sae_lens/training/sae_trainer.py `_train_step`) on an SAE of the same
+    shape: training_forward_pass, backward, gradient clipping, Adam at the same lr."""
+    from sae_lens.saes.sae import TrainStepInput
+    from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+
+    d, h = module.hparams.input_dim, module.hparams.hidden_dim
+    if isinstance(module, TopKSAE):
+        sae, coefficients = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=h, k=module.k)), {}
+    else:
+        sae, coefficients = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d, d_sae=h)), {"l1": 5.0}
+    optimizer = torch.optim.Adam(sae.parameters(), lr=module.lr)
+    x = data.splits["train"][0]
+    for step in range(steps):
+        if step == warmup:
+            start = time.perf_counter()
+        batch = x[torch.randint(len(x), (data.batch_size,))]
+        optimizer.zero_grad()
+        output = sae.training_forward_pass(TrainStepInput(sae_in=batch, coefficients=coefficients,
+                                                          dead_neuron_mask=None, n_training_steps=step,
+                                                          is_logging_step=False))
+        output.loss.backward()
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), clip)
+        optimizer.step()
+    return time.perf_counter() - start
+
+
+def matmul_peak(batch: int, d: int, h: int, repeats: int = 10) -> float:
+    """fp32 FLOP/s of the step's largest matmul shape alone, x [batch, d] @ W [d, h]."""
+    x, w = torch.randn(batch, d), torch.randn(d, h)
+    x @ w
+    start = time.perf_counter()
+    for _ in range(repeats):
+        x @ w
+    return 2 * batch * d * h * repeats / (time.perf_counter() - start)
+
+
+def interleaved(variants: dict, build, data, steps: int, warmup: int, rounds: int, **options) -> dict:
+    """Seconds per variant per round, each variant on a freshly built module with the same seed."""
+    times = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, run in variants.items():
+            torch.manual_seed(0)
+            times[name].append(run(build(), data, steps, warmup, **options) / (steps - warmup))
+    return times
+
+
+def speed_ratio(times: dict, variant: str, reference: str) -> float:
+    return statistics.median(ref / t for t, ref in zip(times[variant], times[reference]))
+
+
+def main(rounds: int) -> dict:
+    results, started = {}, time.perf_counter()
+    print(f"torch {torch.__version__}, lightning {pl.__version__}, {torch.get_num_threads()} threads, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores before the run")
+
+    mnist = MNISTDataModule(input_dim=784, batch_size=128, eval_batch_size=5000, seed=0)
+    mnist.setup("fit")
+    print("\nmnist: 784 -> 64, batch 128; ms/step and speed vs the bare loop")
+    print(f"{'model':24s} {'bare ms':>8s} {'Lightning ms':>13s} {'speed vs bare':>14s}")
+    mnist_ratios = {}
+    for name, build in MNIST_MODELS.items():
+        # the last 200 of 620 steps: by then the lse configuration's units are dead (a learned state)
+        times = interleaved({"bare": bare, "lightning": lightning}, lambda b=build: b(64), mnist, 620, 420, rounds)
+        mnist_ratios[name] = speed_ratio(times, "lightning", "bare")
+        print(f"{name:24s} {1e3 * min(times['bare']):8.3f} {1e3 * min(times['lightning']):13.3f} "
+              f"{mnist_ratios[name]:13.2f}x")
+        results[f"mnist_{name.replace(' ', '_')}_vs_bare"] = round(mnist_ratios[name], 3)
+    results["mnist_vs_bare"] = round(min(mnist_ratios.values()), 3)
+
+    d, h, batch = 512, 4096, 4096
+    lm = GaussianMixtureDataModule(input_dim=d, n_train=8 * batch, n_val=batch, n_test=batch, batch_size=batch,
+                                   eval_batch_size=batch, seed=0)
+    lm.setup("fit")
+    step_flops = 6 * 2 * batch * d * h  # encoder, decoder; their weight and input gradients
+    print(f"\nlm: {d} -> {h}, batch {batch}, clip 1.0; s/step, speeds vs the bare loop and vs SAELens")
+    print(f"{'model':16s} {'bare s':>7s} {'Lightning s':>12s} {'SAELens s':>10s} {'vs bare':>8s} "
+          f"{'vs SAELens':>11s} {'GEMM %':>7s}")
+    peaks = []
+    for name, build in LM_MODELS.items():
+        times = interleaved({"bare": bare, "lightning": lightning, "saelens": saelens}, lambda b=build: b(d, h),
+                            lm, 6, 2, rounds, clip=1.0)
+        peaks.append(matmul_peak(batch, d, h))
+        gemm = step_flops / min(times["lightning"]) / max(peaks)
+        key = name.split()[0]
+        results[f"lm_{key}_vs_bare"] = round(speed_ratio(times, "lightning", "bare"), 3)
+        results[f"lm_{key}_vs_saelens"] = round(speed_ratio(times, "lightning", "saelens"), 3)
+        results[f"lm_{key}_gemm_fraction"] = round(gemm, 3)
+        print(f"{name:16s} {min(times['bare']):7.3f} {min(times['lightning']):12.3f} {min(times['saelens']):10.3f} "
+              f"{results[f'lm_{key}_vs_bare']:7.2f}x {results[f'lm_{key}_vs_saelens']:10.2f}x {100 * gemm:6.1f}%")
+    results["lm_vs_bare"] = min(results["lm_sae_vs_bare"], results["lm_topk_vs_bare"])
+    results["lm_vs_saelens"] = min(results["lm_sae_vs_saelens"], results["lm_topk_vs_saelens"])
+    results["lm_gemm_fraction"] = results["lm_sae_gemm_fraction"]
+    print(f"fp32 matmul peak, [{batch}, {d}] @ [{d}, {h}] alone: {max(peaks) / 1e9:.0f} GFLOP/s; "
+          f"{time.perf_counter() - started:.0f} s in all")
+    return results
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)))
