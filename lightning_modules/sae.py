@@ -39,7 +39,10 @@ class SparseAutoencoder(SparseCoder):
         return F.relu(z)
 
     def preactivation(self, x: Tensor) -> Tensor:
-        return self.encoder(x * self.input_scale - self.b_dec)
+        """W_enc (x - b_dec) + b_enc, computed as W_enc x + (b_enc - W_enc b_dec): b_dec's gradient is then a
+        matrix-vector product instead of the input gradient of a batch matmul (one of the step's six)."""
+        weight = self.encoder.weight
+        return F.linear(x * self.input_scale, weight, self.encoder.bias - weight @ self.b_dec)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         z = self.preactivation(x)
