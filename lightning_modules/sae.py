@@ -177,6 +177,18 @@ class TopKSAE(SparseAutoencoder):
         values, indices = F.relu(z).topk(self.k, dim=-1)
         return torch.zeros_like(z).scatter(-1, indices, values)
 
+    def decode_scaled(self, a: Tensor) -> Tensor:
+        """Only the k latents a row can hold: k decoder columns gathered per example, k / hidden_dim of a
+        matmul over every latent (the zeros past a row's positives add nothing)."""
+        values, indices = a.topk(self.k, dim=-1)
+        return self.sparse_decode(values, indices) + self.b_dec
+
+    def sparse_decode(self, values: Tensor, indices: Tensor) -> Tensor:
+        """sum_j values[..., j] * W_dec[:, indices[..., j]]."""
+        rows = F.embedding_bag(indices.reshape(-1, indices.shape[-1]), self.decoder_weight().T,
+                               per_sample_weights=values.reshape(-1, values.shape[-1]), mode="sum")
+        return rows.view(*values.shape[:-1], -1)
+
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         z, a = self.encode(x)
         out = self.reconstruction(x, z, a)
@@ -189,7 +201,7 @@ class TopKSAE(SparseAutoencoder):
         if dead.any():  # the dead latents' top k_aux pre-activations reconstruct the residual
             k_aux = min(self.k_aux, int(dead.sum()))
             values, indices = F.relu(z.masked_fill(~dead, float("-inf"))).topk(k_aux, dim=-1)
-            out["aux_x_hat"] = torch.zeros_like(z).scatter(-1, indices, values) @ self.decoder_weight().T
+            out["aux_x_hat"] = self.sparse_decode(values, indices)
         return out
 
 
@@ -204,6 +216,9 @@ class BatchTopKSAE(TopKSAE):
             raise ValueError(f"model.threshold_decay must be in [0, 1), got {threshold_decay}")
         self.threshold_decay = threshold_decay
         self.register_buffer("threshold", torch.tensor(-1.0))  # -1: no training batch seen yet
+
+    # a batch's top k * B, and the threshold at evaluation, leave rows with more than k latents: all of them decode
+    decode_scaled = SparseAutoencoder.decode_scaled
 
     def activate(self, z: Tensor) -> Tensor:
         positive = F.relu(z)

@@ -168,3 +168,20 @@ def test_the_preactivation_folds_b_dec_into_the_bias_with_the_same_values_and_gr
              for z in (model.preactivation(x), model.encoder(x * model.input_scale - model.b_dec))]
     for ours, theirs in zip(*grads):
         torch.testing.assert_close(ours, theirs)
+
+
+def test_topk_decodes_its_k_latents_as_a_matmul_over_all_of_them_would():
+    """Same reconstruction and same gradient to every parameter (a's other entries are zeros the scatter
+    in activate does not differentiate)."""
+    torch.manual_seed(0)
+    model = TopKSAE(6, 10, CompositeLoss({"mse": 1.0}, reduction="mean"), k=3).double()
+    x = torch.randn(2, 4, 6, dtype=torch.float64)  # leading batch dimensions, as LM batches have
+    weights = torch.randn(2, 4, 6, dtype=torch.float64)
+    results = []
+    for decode in (model.decode_scaled, lambda a: SparseAutoencoder.decode_scaled(model, a)):
+        x_hat = decode(model.encode(x)[1])
+        results.append((x_hat, torch.autograd.grad((x_hat * weights).sum(), list(model.parameters()))))
+    (sparse, sparse_grads), (dense, dense_grads) = results
+    torch.testing.assert_close(sparse, dense)
+    for ours, theirs in zip(sparse_grads, dense_grads):
+        torch.testing.assert_close(ours, theirs)
