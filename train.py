@@ -169,7 +169,7 @@ def fit(cfg: DictConfig) -> pl.Trainer | None:
         (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # with the calibrated λ
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     if isinstance(logger, WandbLogger):
-        logger._wandb_init.pop("anonymous")  # Lightning always passes it; W&B 0.31 warns that it has no effect
+        logger._wandb_init.pop("anonymous", None)  # Lightning always passes it; W&B 0.31 warns that it has no effect
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True) | {"calibration": calibrated})
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback]  # null disables one
