@@ -11,7 +11,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from analysis.runs import group, load_runs, markdown_table, mean_std, seeds_note
-from evaluation.plots import publish, show_correlation
+from evaluation.plots import mean_std_bars, publish, show_correlation
 
 LABELS = {"lse": "A: lse", "lse_var": "B: lse+var", "lse_var_tc": "C: lse+var+tc", "var_tc": "D: var+tc"}
 BARS = {  # metric -> y label, with its unit
@@ -45,26 +45,23 @@ def figure_2(groups: dict[str, list]):
     for ax in axes[0][len(groups):]:
         ax.axis("off")
     hidden = {run.config["model"]["hidden_dim"] for runs in groups.values() for run in runs}
+    all_dead = [all(run.metrics["dead_fraction"] == 1 for run in runs) for runs in groups.values()]
     for ax, (metric, ylabel) in zip(axes[1], BARS.items()):
-        values = [[run.metrics[metric] for run in runs] for runs in groups.values()]
-        stats = [mean_std(v) for v in values]
-        errors = [s if len(v) > 1 else 0 for (_, s), v in zip(stats, values)]
-        bars = ax.bar([label(name) for name in groups], [m for m, _ in stats], yerr=errors,
-                      capsize=3 if any(errors) else 0, color="tab:blue")
-        all_dead = [all(run.metrics["dead_fraction"] == 1 for run in runs) for runs in groups.values()]
+        stats = [mean_std([run.metrics[metric] for run in runs]) for runs in groups.values()]
         # no alive pair: 0 is no measurement, not a decorrelated code
-        ax.bar_label(bars, labels=["all dead" if dead and metric == "redundancy_norm" else f"{m:.3g}"
-                                   for dead, (m, _) in zip(all_dead, stats)], fontsize=7)
-        top = np.nanmax([m + e for (m, _), e in zip(stats, errors)] + [1e-12])
+        texts = ["all dead" if dead and metric == "redundancy_norm" else f"{m:.4g}"
+                 for dead, (m, _) in zip(all_dead, stats)]
+        top = mean_std_bars(ax, [label(name) for name in groups], stats, texts)
         if metric == "resp_entropy":
             for k in sorted(hidden):  # uniform responsibilities: the largest entropy k units allow
-                ax.axhline(np.log(k), color="tab:red", ls="--", lw=1, label=f"log k = {np.log(k):.3g} (k = {k})")
-            top = max(top, np.log(max(hidden)))
-            ax.legend(fontsize=7, loc="lower right")
-        ax.set_ylim(0, 1.0 if metric == "dead_fraction" else 1.15 * top)  # every bar here is >= 0
+                ax.axhline(np.log(k), color="tab:red", ls="--", lw=1)
+                ax.annotate(f"log k = {np.log(k):.3g} (k = {k} units):\nuniform r, the maximum", (1, np.log(k)),
+                            xycoords=("axes fraction", "data"), xytext=(-3, 2), textcoords="offset points",
+                            ha="right", fontsize=7, color="tab:red")
+            top = max(top, 1.25 * np.log(max(hidden)))  # room for its label
+        ax.set_ylim(0, 1.0 if metric == "dead_fraction" else 1.15 * top + 1e-12)  # every bar here is >= 0
         ax.set_ylabel(ylabel, fontsize=8)
         ax.set_title(metric, fontsize=9)
-        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     spread = "bars: mean ± std over seeds" if any(len(runs) > 1 for runs in groups.values()) else "bars: one seed"
     figure.suptitle(f"Ablation of the loss terms, validation split, {seeds_note(groups)} per configuration "
                     f"({spread}); matrices: lowest seed", fontsize=10)
@@ -74,7 +71,8 @@ def figure_2(groups: dict[str, list]):
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="analysis")
 def main(cfg: DictConfig) -> None:
-    groups = group_by_loss(load_runs(cfg.dir, needs=("unit_stats.npz",)))
+    encoder = ("an encoder run", lambda run: run.choices.get("model") == "encoder")  # the loss terms are its ablation
+    groups = group_by_loss(load_runs(cfg.dir, needs=("unit_stats.npz",), kind=encoder))
     table = markdown_table({label(name): [run.metrics for run in runs] for name, runs in groups.items()}, TABLE)
     publish(Path(cfg.dir) / "analysis", figure_2(groups), "figure2_ablation",
             f"# Ablation (validation split; mean ± std over seeds, {seeds_note(groups)})\n\n" + table,

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from analysis.runs import (architecture, column, format_mean_std, group, load_runs, markdown_table, mean_std,
                            seeds_note)
 from evaluation.linear_fits import pca_fvu, probe_accuracy
-from evaluation.plots import publish
+from evaluation.plots import mean_std_bars, publish
 
 COLUMNS = ["l0", "fvu", "explained_variance", "fvu_affine", "mse", "probe_acc", "params", "dead_fraction",
            "redundancy_norm"]
@@ -61,25 +61,26 @@ def figure_3(groups: dict, encoder_l0: float | None, at_encoder_l0: dict, baseli
     pareto.set(xlabel="L0 (active latents per example)", ylabel="FVU on test", title="Reconstruction vs sparsity")
     pareto.legend(fontsize=7)
     names = list(at_encoder_l0)
-    for ax, metric in ((probe, "probe_acc"), (params, "params")):
-        stats = [mean_std(column(at_encoder_l0[name], metric)) for name in names]
-        bars = ax.bar(names, [m for m, _ in stats], yerr=[s for _, s in stats], capsize=3, color="tab:blue")
-        ax.bar_label(bars, fmt="%.3g", fontsize=7)
-        ax.tick_params(axis="x", labelrotation=30, labelsize=7)
-        ax.set_title(f"{metric} at the encoder's L0", fontsize=10)
+    where = f"at the encoder's L0 ({encoder_l0:.3g}) or nearest" if encoder_l0 is not None else "(no encoder run)"
+    for ax, metric, ylabel in ((probe, "probe_acc", "probe accuracy on test (fraction)"),
+                               (params, "params", "trainable parameters (count)")):
+        if names:
+            mean_std_bars(ax, names, [mean_std(column(at_encoder_l0[name], metric)) for name in names])
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{metric} {where}", fontsize=10)
     probe.axhline(baselines["probe_acc_raw"], color="black", ls="--", lw=1, label="raw-input probe")
     if "probe_acc_init" in baselines:
         probe.axhline(baselines["probe_acc_init"], color="grey", ls=":", lw=1, label="random-init encoder")
     probe.legend(fontsize=7)
     figure.suptitle(f"The decoder-free encoder against the SAEs, test split, {seeds_note(groups)} per point "
-                    "(error bars: std over seeds)", fontsize=10)
+                    "(error bars: std over seeds, none for one seed)", fontsize=10)
     figure.tight_layout()
     return figure
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="analysis")
 def main(cfg: DictConfig) -> None:
-    runs = load_runs(cfg.dir)
+    runs = load_runs(cfg.dir, kind=("a run with fvu in metrics.json", lambda run: "fvu" in run.metrics))
     groups = group_runs(runs)
     encoder_runs = [run for run in runs if run.choices["model"] == "encoder"]
     reference = encoder_runs[0] if encoder_runs else runs[0]
@@ -103,7 +104,8 @@ def main(cfg: DictConfig) -> None:
         baseline_rows.append(f"| random-init encoder | – | {init_probe} |")
     nearest = {f"{name} (nearest L0 {encoder_l0:.3g})": [run.metrics for run in group]
                for name, group in at_encoder_l0.items() if name.startswith("sae")}
-    text = ("# Benchmark (test set; mean ± std over seeds)\n\n## All runs\n\n" + markdown_table(rows, COLUMNS)
+    text = (f"# Benchmark (test set; mean ± std over seeds, {seeds_note(groups)})\n\n## All runs\n\n"
+            + markdown_table(rows, COLUMNS)
             + "\n## Baselines\n\n" + "\n".join(baseline_rows) + "\n"
             + "\n## Tied and untied SAEs at the encoder's L0\n\n" + markdown_table(nearest, COLUMNS))
     figure = figure_3(groups, encoder_l0, at_encoder_l0, baselines)

@@ -52,7 +52,7 @@ def ce_vs_lr(runs: list[Run]):
         ax.plot(lrs, ces, marker="o", label=f"hidden {hidden}")  # a diverged run (nan) leaves a gap
     ax.set_xscale("log")
     ax.set_xlabel("lr")
-    ax.set_ylabel("validation CE")
+    ax.set_ylabel("validation CE (nats)")
     ax.legend(fontsize=8)
     ax.set_title("MNIST classifier sweep: one run per point", fontsize=9)
     figure.tight_layout()
@@ -61,7 +61,7 @@ def ce_vs_lr(runs: list[Run]):
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="analysis")
 def main(cfg: DictConfig) -> None:
-    runs = ranked(load_runs(cfg.dir))
+    runs = ranked(load_runs(cfg.dir, kind=("a classifier run", lambda run: run.choices.get("model") == "classifier")))
     publish(Path(cfg.dir) / "analysis", ce_vs_lr(runs), "classifier_ce_vs_lr",
             "# MNIST classifier: top 3 by validation CE\n\n" + top_table(runs[:3]), "classifier_top3.md")
     print(f"best checkpoint: {checkpoint(runs[0])}")

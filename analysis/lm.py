@@ -20,7 +20,13 @@ from evaluation.plots import density_histogram, publish, save_figure
 
 COLUMNS = ["l0", "fvu", "explained_variance", "downstream_recovered", "downstream_recovered_mean", "dead_fraction",
            "dense_fraction", "fvu_affine"]
-PER_LAYER = ["fvu", "downstream_recovered", "l0", "dead_fraction", "dense_fraction"]
+PER_LAYER = {  # metric -> y label, with its unit
+    "fvu": "FVU on test",
+    "downstream_recovered": "recovered (fraction)",
+    "l0": "active latents per token",
+    "dead_fraction": "dead latents (fraction)",
+    "dense_fraction": "dense, > 10% of tokens (fraction)",
+}
 
 
 def groups_of(runs) -> dict[tuple, list]:
@@ -49,7 +55,7 @@ def layer_figure(groups: dict):
     by_arch = defaultdict(list)
     for (layer, arch, knob), runs in groups.items():
         by_arch[arch, knob].append((layer, runs))
-    for ax, metric in zip(axes, PER_LAYER):
+    for ax, (metric, ylabel) in zip(axes, PER_LAYER.items()):
         for (arch, knob), points in by_arch.items():
             stats = [(layer, *mean_std(column(runs, metric))) for layer, runs in points if column(runs, metric)]
             if stats:
@@ -62,7 +68,10 @@ def layer_figure(groups: dict):
             ax.set_title("downstream recovered (dashed: vs mean ablation)", fontsize=8)
         else:
             ax.set_title(metric, fontsize=9)
-        ax.set(xlabel="layer", xticks=sorted({layer for layer, _, _ in groups}))
+        ax.set(xlabel="layer", ylabel=ylabel, xticks=sorted({layer for layer, _, _ in groups}))
+        if metric.endswith("_fraction"):  # from 0: all zero is not a line in the middle of a ±0.05 axis
+            top = 1.05 * ax.get_ylim()[1]
+            ax.set_ylim(-0.05 * top, top)
     axes[0].legend(fontsize=6)
     figure.suptitle(f"SAEs on LM activations by layer, test tokens, {seeds_note(groups)} per point", fontsize=10)
     figure.tight_layout()
@@ -117,7 +126,7 @@ def pareto_figure(groups: dict, curves: dict):
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="analysis")
 def main(cfg: DictConfig) -> None:
-    runs = [run for run in load_runs(cfg.dir) if "layer" in run.config["data"]]
+    runs = load_runs(cfg.dir, kind=("a run on LM activations", lambda run: "layer" in run.config["data"]))
     groups = groups_of(runs)
     curves = pca_curves(runs)
     rows = {f"L{layer} {arch} ({knob:g})": [run.metrics for run in group] for (layer, arch, knob), group in
@@ -125,7 +134,8 @@ def main(cfg: DictConfig) -> None:
     ks = next(iter(curves.values()))[0]  # the same grid for every layer: one width
     pca_rows = ["| layer | " + " | ".join(f"k={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
     pca_rows += [f"| {layer} | " + " | ".join(f"{v:.3g}" for v in fvus) + " |" for layer, (_, fvus) in curves.items()]
-    text = ("# SAEs on LM activations (test tokens; mean ± std over seeds)\n\n" + markdown_table(rows, COLUMNS)
+    text = (f"# SAEs on LM activations (test tokens; mean ± std over seeds, {seeds_note(groups)})\n\n"
+            + markdown_table(rows, COLUMNS)
             + "\n## PCA baseline: test FVU with k principal components of train\n\n" + "\n".join(pca_rows) + "\n")
     out = Path(cfg.dir) / "analysis"
     for stem, figure in (("lm_layers", layer_figure(groups)), ("lm_feature_density", density_figure(groups))):

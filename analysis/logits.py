@@ -20,9 +20,8 @@ REFERENCE = {"l0": 1.63, "delta_acc": 0.0562, "delta_ce": 0.25}  # the seed stud
 SPARSEST, MAX_LOSS_SPARSEST = 1.1, 0.02  # goal: some family at L0 <= 1.1 loses at most 2 points
 
 
-def test_split(run: Run) -> dict | None:
-    summary = run.path / "summary.json"
-    return json.loads(summary.read_text())["splits"]["test"] if summary.is_file() else None
+def test_split(run: Run) -> dict:
+    return json.loads((run.path / "summary.json").read_text())["splits"]["test"]
 
 
 def setting(run: Run) -> str:
@@ -34,7 +33,6 @@ def setting(run: Run) -> str:
 def frontier(runs: list[Run]) -> dict[str, dict[str, list[dict]]]:
     """family -> grid point -> the test split of each seed."""
     families = defaultdict(dict)
-    runs = [run for run in runs if test_split(run) is not None]
     for (family, point), seeds in group(runs, lambda run: (run.choices["model"], setting(run))).items():
         families[family][point] = [test_split(run) for run in seeds]
     return families
@@ -60,8 +58,8 @@ def figure(families):
         ax.axhline(0, color="grey", lw=0.6)
     axes[0].legend(fontsize=7)
     points = {(name, point): seeds for name, family in families.items() for point, seeds in family.items()}
-    fig.suptitle(f"SAEs on the classifier's logits, test split, {seeds_note(points)} per point (error bars: std)",
-                 fontsize=9)
+    fig.suptitle(f"SAEs on the classifier's logits, test split, {seeds_note(points)} per point "
+                 "(error bars: std over seeds, none for one seed)", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -100,9 +98,7 @@ def goals(families) -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="analysis")
 def main(cfg: DictConfig) -> None:
-    families = frontier(load_runs(cfg.dir))
-    if not families:
-        raise SystemExit(f"error: no run under {cfg.dir} has a summary.json (experiment=logits_frontier writes one)")
+    families = frontier(load_runs(cfg.dir, needs=("summary.json",)))  # experiment=logits_frontier writes it
     markdown = ("# Fidelity-sparsity frontier on the classifier's logits (test, mean ± std over seeds)\n\n"
                 + table(families) + "\n## Goals\n\n" + goals(families))
     publish(Path(cfg.dir) / "analysis", figure(families), "logits_frontier", markdown, "logits_frontier.md")

@@ -33,30 +33,47 @@ class Run:
         return ",".join(sorted(kept)) or "defaults"
 
 
-def load_runs(directory: str, needs: tuple[str, ...] = ()) -> list[Run]:
-    """The finished runs under ``directory`` that hold the files in ``needs``, each configuration and seed once."""
+def read_run(path: Path, needs: tuple[str, ...], kind: tuple[str, Callable] | None) -> Run | str:
+    """The run in ``path``, or why the command cannot use it."""
+    try:
+        metrics = json.loads((path / "metrics.json").read_text())
+    except json.JSONDecodeError:
+        return "metrics.json is not JSON"
+    if metrics.get("status") != "finished":
+        return f"status {metrics.get('status')} (epoch {metrics.get('epoch')})"
+    missing = [name for name in (".hydra/hydra.yaml", "config_resolved.yaml", *needs) if not (path / name).exists()]
+    if missing:
+        return f"no {', '.join(missing)}"
+    hydra = OmegaConf.load(path / ".hydra" / "hydra.yaml").hydra
+    config = OmegaConf.to_container(OmegaConf.load(path / "config_resolved.yaml"))
+    run = Run(path, OmegaConf.to_container(hydra.runtime.choices), config, metrics, list(hydra.overrides.task))
+    if kind and not kind[1](run):
+        return f"not {kind[0]} (model={run.choices.get('model')}, data={run.choices.get('data')})"
+    return run
+
+
+def load_runs(directory: str | None, needs: tuple[str, ...] = (), kind: tuple[str, Callable[[Run], bool]] | None = None
+              ) -> list[Run]:
+    """The finished runs under ``directory`` that hold the files in ``needs`` and are of ``kind`` (what the
+    command reads: its name and a test of a run), each configuration and seed once."""
+    if directory is None:
+        sys.exit("error: dir= is missing: the folder of the runs to read (a sweep, a folder of sweeps or of runs)")
     root = Path(directory)
     if not root.is_dir():
         sys.exit(f"error: dir={directory} is not a folder")
     runs, skipped = [], []
     for metrics_file in sorted(root.glob("**/metrics.json")):
-        path = metrics_file.parent
-        metrics = json.loads(metrics_file.read_text())
-        missing = [name for name in (".hydra/hydra.yaml", "config_resolved.yaml", *needs) if not (path / name).exists()]
-        if metrics.get("status") != "finished":
-            skipped.append(f"skipped {path}: status {metrics.get('status')} (epoch {metrics.get('epoch')})")
-        elif missing:
-            skipped.append(f"skipped {path}: no {', '.join(missing)}")
+        run = read_run(metrics_file.parent, needs, kind)
+        if isinstance(run, Run):
+            runs.append(run)
         else:
-            hydra = OmegaConf.load(path / ".hydra" / "hydra.yaml").hydra
-            config = OmegaConf.to_container(OmegaConf.load(path / "config_resolved.yaml"))
-            runs.append(Run(path, OmegaConf.to_container(hydra.runtime.choices), config, metrics,
-                            list(hydra.overrides.task)))
+            skipped.append(f"skipped {metrics_file.parent}: {run}")
     for line in skipped:
         print(line, file=sys.stderr)
     if not runs:
         sys.exit(f"error: no finished run under {root} (a run folder with metrics.json, status finished, .hydra/, "
-                 f"config_resolved.yaml{''.join(', ' + name for name in needs)}); {len(skipped)} skipped")
+                 f"config_resolved.yaml{''.join(', ' + name for name in needs)}{'; ' + kind[0] if kind else ''}); "
+                 f"{len(skipped)} skipped")
     folders = sorted({str(run.path.parent) for run in runs})
     if len(folders) > 1:
         print(f"merging the runs of {len(folders)} folders: {', '.join(folders)}", file=sys.stderr)
@@ -97,8 +114,9 @@ def seeds_note(groups: dict) -> str:
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and std over seeds; one seed has no std (nan), so a figure draws no error bar for it."""
     values = np.asarray(values, dtype=float)
-    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else float("nan")
 
 
 def format_mean_std(values: list[float]) -> str:

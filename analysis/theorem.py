@@ -1,7 +1,8 @@
 """Experiment 1: the gradient of the LSE loss w.r.t. each energy a_j is the responsibility r_j.
 
 Takes a real batch through the configured encoder (randomly initialised, or ``ckpt_path``), in
-float64, and compares autograd's dL/da with softmax(-a) on a scatter against the identity line.
+float64, and compares autograd's dL/da with softmax(-a): a scatter against the identity line, and their
+difference on its own (rounding) scale.
 """
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import hydra
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -26,10 +28,12 @@ def gradient_vs_responsibility(a: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 def pearson_text(correlation: float) -> str:
     """1 − ε at the precision ε has, not twelve digits of 0.99999…"""
-    return "1 (exactly, in float64)" if correlation == 1.0 else f"1 - {1 - correlation:.1e}"
+    if correlation == 1.0:
+        return "1 (exactly, in float64)"
+    return f"1 {'-' if correlation < 1 else '+'} {abs(1 - correlation):.1e}"  # rounding can land either side
 
 
-def figure(grad: torch.Tensor, resp: torch.Tensor, weights: str, caption: str):
+def figure(grad: torch.Tensor, resp: torch.Tensor, title: str, caption: str):
     """The gradient against the responsibility on the identity line, and their difference, on axes fitted to
     the data: at float64 the difference is rounding, visible only on its own scale."""
     r, g = resp.flatten().numpy(), grad.flatten().numpy()
@@ -49,24 +53,36 @@ def figure(grad: torch.Tensor, resp: torch.Tensor, weights: str, caption: str):
     difference.set(xlim=(r.min() - margin, r.max() + margin), ylim=(-bound, bound),
                    xlabel="responsibility r_j", ylabel="dL/da_j - r_j")
     difference.set_title("residual (float64 rounding scale)", fontsize=10, pad=14)
-    fig.suptitle(f"Theorem 1 on {weights}", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.text(0.5, -0.01, caption, ha="center", va="top", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def load_weights(model, ckpt_path: str) -> None:
+    """The checkpoint's weights, or one line naming the model it holds when that is not the configured one."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError:
+        held = ", ".join(f"{key}={value}" for key, value in checkpoint.get("hyper_parameters", {}).items())
+        built = ", ".join(f"{key}={value}" for key, value in model.hparams.items())
+        sys.exit(f"error: ckpt_path={ckpt_path} holds a model with {held}, not the configured "
+                 f"{type(model).__name__} with {built}: pass the run's data= and model overrides")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="theorem")
 def main(cfg: DictConfig) -> None:
     if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
         sys.exit(f"error: ckpt_path={cfg.ckpt_path} does not exist")
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("fit")
     torch.manual_seed(cfg.seed)
     model = instantiate(cfg.model, loss=instantiate(cfg.loss)).double()
     weights = f"a randomly initialised encoder (seed {cfg.seed})"
     if cfg.ckpt_path:
-        model.load_state_dict(torch.load(cfg.ckpt_path, map_location="cpu")["state_dict"])
+        load_weights(model, cfg.ckpt_path)
         weights = f"the encoder of {cfg.ckpt_path}"
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
     x = datamodule.splits["val"][0][: cfg.batch_size].double()
     with torch.no_grad():
         _, a = model.encode(x)
@@ -76,7 +92,8 @@ def main(cfg: DictConfig) -> None:
     caption = (f"{x.shape[0]} validation examples x {a.shape[1]} units, float64: "
                f"max |dL/da - r| = {max_error:.1e}, Pearson r = {pearson_text(correlation)}")
     print(f"{weights}: {caption}")
-    for path in save_figure(figure(grad, resp, weights, caption), Path(cfg.paths.output_dir) / "theorem"):
+    title = f"Theorem 1 on {weights}, data={HydraConfig.get().runtime.choices.data}"
+    for path in save_figure(figure(grad, resp, title, caption), Path(cfg.paths.output_dir) / "theorem"):
         print(f"wrote {path}")
 
 

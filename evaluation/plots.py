@@ -6,6 +6,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def show_matrix(ax, matrix: np.ndarray, title: str, axis: str = "unit") -> None:
@@ -15,6 +16,8 @@ def show_matrix(ax, matrix: np.ndarray, title: str, axis: str = "unit") -> None:
     ax.set_xlabel(f"{axis} j", fontsize=8)
     ax.set_ylabel(f"{axis} i", fontsize=8)
     ax.tick_params(labelsize=7)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # unit indices
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
 
 
@@ -31,6 +34,18 @@ def show_correlation(ax, corr: np.ndarray, firing_frequency: np.ndarray, title: 
     show_matrix(ax, np.abs(corr), f"|Corr(a)|: {title}" + (f"\n({dead} dead units: zero rows)" if dead else ""))
 
 
+def mean_std_bars(ax, names: list[str], stats: list[tuple[float, float]], texts: list[str] | None = None) -> float:
+    """Bars of mean ± std over seeds (a nan std, one seed, draws no error bar), each value written above its
+    error bar; returns the highest bar top."""
+    means, stds = zip(*stats)
+    ax.bar(names, means, yerr=stds, capsize=3, color="tab:blue")
+    tops = [m + np.nan_to_num(s) for m, s in stats]
+    for x, (top, text) in enumerate(zip(tops, texts or [f"{m:.4g}" for m in means])):
+        ax.annotate(text, (x, top), xytext=(0, 2), textcoords="offset points", ha="center", fontsize=7)
+    ax.tick_params(axis="x", labelrotation=30, labelsize=7)
+    return max(tops)
+
+
 def unit_figures(corr: np.ndarray, directions: np.ndarray, firing_frequency: np.ndarray,
                  active_counts: np.ndarray, run: str) -> dict:
     """The per-run figures (validation split): |Corr| of the code, cosines of the feature directions,
@@ -45,6 +60,7 @@ def unit_figures(corr: np.ndarray, directions: np.ndarray, firing_frequency: np.
     ax.hist(firing_frequency, bins=np.linspace(0, 1, 41), color="tab:blue")
     ax.set_xlabel("fraction of validation examples with a_j > 0")
     ax.set_ylabel("units")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     figures["feature_density"], ax = plt.subplots(figsize=(4.2, 3.2))
     density_histogram(ax, firing_frequency)
     figures["active_counts"], ax = plt.subplots(figsize=(4.2, 3.2))
@@ -62,9 +78,11 @@ def density_histogram(ax, firing_frequency: np.ndarray, label: str | None = None
     dead = len(firing_frequency) - len(alive)
     ax.hist(np.log10(alive), bins=np.linspace(-6, 0, 49), histtype="step", lw=1.2,
             label=f"{label + ': ' if label else ''}{dead} dead of {len(firing_frequency)}")
+    ax.update_datalim([(-6, 0), (0, 1)])  # the bins' span, and a count axis even when every latent is dead
     ax.axvline(-1, color="grey", ls=":", lw=1)  # dense beyond 10%
     ax.set_xlabel("log10 firing frequency (validation)")
     ax.set_ylabel("latents")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=7)
 
 
@@ -77,6 +95,8 @@ def active_count_histogram(ax, active_counts: np.ndarray) -> None:
     mean = float((np.arange(len(fractions)) * fractions).sum())
     ax.set_title(f"mean L0 {mean:.3g}; {fractions[0]:.1%} of examples with none active", fontsize=8)
     ax.set_xlabel("active latents per example (validation)")
+    ax.set_xlim(-0.5, max(shown, 4) - 0.5)  # wide enough for whole-number ticks
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("fraction of examples")
 
 

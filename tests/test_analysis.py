@@ -6,9 +6,15 @@ import shutil
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+import torch
+from matplotlib.container import ErrorbarContainer
 
+from analysis.ablation import figure_2, group_by_loss
+from analysis.runs import load_runs
+from analysis.theorem import figure as theorem_figure
+from analysis.theorem import pearson_text
 from conftest import QUICK, run_cli
-from evaluation.plots import show_correlation
+from evaluation.plots import active_count_histogram, density_histogram, show_correlation
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +35,26 @@ def set_metrics(run, **values):
     (run / "metrics.json").write_text(json.dumps(metrics))
 
 
+def two_sweeps(sweep, tmp_path):
+    """A folder of two copies of the sweep, the second as seed 1: two seeds of each configuration."""
+    parent = tmp_path / "multirun"
+    copy_of(sweep, parent, "a")
+    second = copy_of(sweep, parent, "b")
+    for job in ("0", "1"):
+        config = second / job / "config_resolved.yaml"
+        config.write_text(config.read_text().replace("seed: 0", "seed: 1"))
+    return parent
+
+
 def test_a_run_that_did_not_finish_is_skipped_and_listed(sweep, tmp_path):
     folder = copy_of(sweep, tmp_path)
     shutil.copytree(folder / "0", folder / "0-killed")
     set_metrics(folder / "0-killed", status="running", epoch=3, seed=0)
+    shutil.copytree(folder / "1", folder / "1-torn")
+    (folder / "1-torn" / "metrics.json").write_text('{"status": "fini')
     result = run_cli("-m", "analysis.ablation", f"dir={folder}")
     assert f"skipped {folder / '0-killed'}: status running (epoch 3)" in result.stderr
+    assert f"skipped {folder / '1-torn'}: metrics.json is not JSON" in result.stderr
     table = (folder / "analysis" / "ablation.md").read_text()
     assert "| A: lse | 1 |" in table and "| C: lse+var+tc | 1 |" in table  # n = 1: not averaged with it
 
@@ -51,35 +71,67 @@ def test_two_finished_runs_of_one_configuration_and_seed_are_refused(sweep, tmp_
 
 
 def test_a_folder_of_several_sweeps_is_merged_and_says_so(sweep, tmp_path):
-    parent = tmp_path / "multirun"
-    copy_of(sweep, parent, "a")
-    second = copy_of(sweep, parent, "b")
-    for job in ("0", "1"):
-        (second / job / "config_resolved.yaml").write_text(
-            (second / job / "config_resolved.yaml").read_text().replace("seed: 0", "seed: 1"))
+    parent = two_sweeps(sweep, tmp_path)
     result = run_cli("-m", "analysis.ablation", f"dir={parent}")
     assert f"merging the runs of 2 folders: {parent / 'a'}, {parent / 'b'}" in result.stderr
     assert "| A: lse | 2 |" in (parent / "analysis" / "ablation.md").read_text()
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "no_unit_stats"])
+@pytest.mark.parametrize("case", ["no_dir", "missing", "empty", "no_unit_stats", "other_kind"])
 def test_a_folder_without_usable_runs_gives_one_line(sweep, tmp_path, case):
-    folder = tmp_path / "nothing"
+    folder, command = tmp_path / "nothing", "analysis.ablation"
     if case == "empty":
         folder.mkdir()
     if case == "no_unit_stats":
         folder = copy_of(sweep, tmp_path)
         for stats in folder.glob("*/unit_stats.npz"):
             stats.unlink()
-    result = run_cli("-m", "analysis.ablation", f"dir={folder}", check=False)
+    if case == "other_kind":  # outputs/<date>/<time> of single encoder runs, read by the LM analysis
+        folder = tmp_path / "outputs"
+        for job, time in (("0", "10-00-00"), ("1", "10-05-00")):
+            shutil.copytree(sweep / job, folder / "2026-01-01" / time)
+        command = "analysis.lm"
+    result = run_cli("-m", command, *([] if case == "no_dir" else [f"dir={folder}"]), check=False)
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    expected = {"missing": f"error: dir={folder} is not a folder",
+    expected = {"no_dir": "error: dir= is missing: ",
+                "missing": f"error: dir={folder} is not a folder",
                 "empty": f"error: no finished run under {folder} (",
-                "no_unit_stats": f"error: no finished run under {folder} ("}[case]
+                "no_unit_stats": f"error: no finished run under {folder} (",
+                "other_kind": f"error: no finished run under {folder} ("}[case]
     assert last.startswith(expected)
     if case == "no_unit_stats":
         assert f"skipped {folder / '0'}: no unit_stats.npz" in result.stderr
+    if case == "other_kind":
+        assert last.endswith("; a run on LM activations); 2 skipped")
+        assert (f"skipped {folder / '2026-01-01' / '10-00-00'}: not a run on LM activations "
+                "(model=encoder, data=gaussian_mixture)") in result.stderr
+
+
+def error_bars(ax) -> int:
+    """How many error bars the bar chart on ``ax`` draws (a nan one draws nothing)."""
+    return sum(segment.size > 0 and np.isfinite(segment).all() for bars in ax.containers
+               if isinstance(bars, ErrorbarContainer)
+               for lines in bars.lines[2] for segment in lines.get_segments())
+
+
+def test_figure_2_names_configurations_split_and_seeds_and_draws_no_error_bar_for_one_seed(sweep, tmp_path):
+    for folder, n in ((sweep, 1), (two_sweeps(sweep, tmp_path), 2)):
+        figure = figure_2(group_by_loss(load_runs(str(folder), needs=("unit_stats.npz",))))
+        assert "validation split" in figure._suptitle.get_text()
+        assert f"n = {n} seed{'s' * (n > 1)} per configuration" in figure._suptitle.get_text()
+        matrices, bars = figure.axes[:2], figure.axes[4:8]  # 2 x 4 panels, then the colour bars
+        assert [ax.get_title() for ax in matrices] == ["|Corr(a)|: A: lse, seed 0", "|Corr(a)|: C: lse+var+tc, seed 0"]
+        assert all((ax.get_xlabel(), ax.get_ylabel()) == ("unit j", "unit i") for ax in matrices)
+        for ax in bars:
+            assert [tick.get_text() for tick in ax.get_xticklabels()] == ["A: lse", "C: lse+var+tc"]
+            assert error_bars(ax) == (0 if n == 1 else 2)
+        entropy = next(ax for ax in bars if ax.get_title() == "resp_entropy")
+        assert entropy.get_ylabel().endswith("(nats)") and bars[0].get_ylabel().endswith("(fraction)")
+        dashed = [line.get_ydata()[0] for line in entropy.lines if line.get_linestyle() == "--"]
+        assert dashed == [pytest.approx(np.log(8))]  # k = 8 units
+        assert any("uniform r, the maximum" in text.get_text() for text in entropy.texts)
+        plt.close(figure)
 
 
 def test_an_all_dead_code_is_marked_not_drawn_as_decorrelated():
@@ -90,3 +142,44 @@ def test_an_all_dead_code_is_marked_not_drawn_as_decorrelated():
     assert not alive.texts and "1 dead units" in alive.get_title()
     assert alive.get_xlabel() == "unit j" and alive.get_ylabel() == "unit i"
     plt.close(figure)
+
+
+def test_histograms_of_an_all_dead_code_keep_their_count_axes():
+    figure, (density, counts) = plt.subplots(1, 2)
+    density_histogram(density, np.zeros(16))
+    active_count_histogram(counts, np.array([1024]))
+    figure.canvas.draw()
+    assert density.get_ylim()[0] <= 0 and density.get_ylim()[1] >= 1  # not a line at 0 of a ±0.05 axis
+    assert density.get_xlim()[0] <= -6 and density.get_xlim()[1] >= 0
+    assert density.get_legend().get_texts()[0].get_text() == "16 dead of 16"
+    assert all(tick == int(tick) for tick in counts.get_xticks())  # whole numbers of active latents
+    plt.close(figure)
+
+
+def test_theorem_figure_fits_its_axes_and_shows_the_residual_on_its_own_scale():
+    resp = torch.softmax(-torch.randn(64, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), -1)
+    grad = resp + 1e-17 * torch.linspace(-1, 1, resp.numel(), dtype=torch.float64).view_as(resp)
+    figure = theorem_figure(grad, resp, "Theorem 1 on weights W", "caption")
+    agreement, residual = figure.axes
+    span = (resp.max() - resp.min()).item()
+    assert resp.min() - 0.1 * span < agreement.get_xlim()[0] < resp.min()  # fitted to the data, not [0, 1]
+    assert resp.max() < agreement.get_xlim()[1] < resp.max() + 0.1 * span
+    low, high = residual.get_ylim()
+    assert low == -high and 1e-17 < high < 2e-17  # symmetric, on the residual's scale
+    assert figure._suptitle.get_text() == "Theorem 1 on weights W"
+    plt.close(figure)
+    assert pearson_text(1.0) == "1 (exactly, in float64)"
+    assert pearson_text(1 - 3.3e-16) == "1 - 3.3e-16" and pearson_text(1 + 2.2e-16) == "1 + 2.2e-16"
+
+
+def test_theorem_on_a_checkpoint_names_it_and_refuses_one_of_another_shape(sweep, tmp_path):
+    ckpt = sweep / "0" / "checkpoints" / "last.ckpt"
+    result = run_cli("-m", "analysis.theorem", f"ckpt_path={ckpt}", "data=gaussian_mixture", "model.hidden_dim=8",
+                     f"hydra.run.dir={tmp_path}")
+    assert result.stdout.startswith(f"the encoder of {ckpt}: 512 validation examples x 8 units, float64: ")
+    assert (tmp_path / "theorem.png").is_file()
+    other = run_cli("-m", "analysis.theorem", f"ckpt_path={ckpt}", "data=gaussian_mixture",
+                    f"hydra.run.dir={tmp_path / 'other'}", check=False)
+    assert other.returncode != 0 and "Traceback" not in other.stderr
+    assert other.stderr.strip().splitlines()[-1].startswith(
+        f"error: ckpt_path={ckpt} holds a model with input_dim=32, hidden_dim=8, ")

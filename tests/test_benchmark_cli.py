@@ -37,6 +37,7 @@ def test_benchmark_sweep_and_analysis_end_to_end(tmp_path):
     result = run_cli("-m", "analysis.benchmark", f"dir={sweep}")
     assert (sweep / "analysis" / "figure3_benchmark.png").is_file()
     table = (sweep / "analysis" / "benchmark.md").read_text()
+    assert table.startswith("# Benchmark (test set; mean ± std over seeds, n = 2 seeds)")
     for row in ("| encoder:lse_var_tc (sparsity 0) | 2 |", "| PCA, k = 16 |", "| raw-input probe |",
                 "| random-init encoder |", "| sae_tied:mse_l1 (nearest L0"):
         assert row in table, row
