@@ -28,6 +28,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 import calibration
 from activations.language_model import hidden_size
 from callbacks.metrics_file import MetricsFile
+from callbacks.progress import duration
 from lightning_modules.base import NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -125,8 +126,7 @@ def report_end(trainer: pl.Trainer, run_dir: Path, seconds: float) -> None:
     """The run's last lines: its headline metrics and where its files are."""
     metrics = trainer.callback_metrics
     headline = ", ".join(f"{name} {float(metrics[name]):.4g}" for name in HEADLINE if name in metrics)
-    log.info("finished in %s (%d steps): %s", time.strftime("%H:%M:%S", time.gmtime(seconds)), trainer.global_step,
-             headline)
+    log.info("finished in %s (%d steps): %s", duration(seconds), trainer.global_step, headline)
     files = [path.name + "/" * path.is_dir() for path in sorted(run_dir.iterdir()) if not path.name.startswith(".")]
     log.info("files in %s: %s", run_dir, ", ".join(files))
     for logger in trainer.loggers:
