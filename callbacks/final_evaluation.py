@@ -2,6 +2,7 @@
 the decoder, or for the decoder-free encoder through its weights), the best affine read-out, sparsity,
 and a linear probe of the labels against the same probe on the randomly initialised encoder."""
 import copy
+import logging
 
 import pytorch_lightning as pl
 import torch
@@ -9,6 +10,8 @@ from torch import Tensor
 
 from callbacks.metrics_file import report
 from evaluation.linear_fits import affine_fvu, fvu, implicit_decoder_fits, probe_accuracy
+
+log = logging.getLogger(__name__)
 
 
 class FinalEvaluation(pl.Callback):
@@ -40,6 +43,10 @@ class FinalEvaluation(pl.Callback):
         x_train, x_test = x_train.to(pl_module.device), x_test.to(pl_module.device)
         y_train, y_test = y_train.to(pl_module.device), y_test.to(pl_module.device)
         a_train, a_test = pl_module.codes(x_train, self.chunk_size), pl_module.codes(x_test, self.chunk_size)
+        if a_train.shape[1] >= len(a_train):
+            log.warning(f"fvu_affine: {len(a_train)} train examples for {a_train.shape[1]} latents, so the affine "
+                        f"read-out interpolates train and its test FVU says little; raise "
+                        f"callbacks.final_evaluation.max_examples above the latents")
 
         values = {"l0_test": float((a_test > 0).sum(1).double().mean())}
         if hasattr(pl_module, "decode"):

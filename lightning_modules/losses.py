@@ -134,15 +134,22 @@ def mse(out: dict, eps: float, bounded_variance: bool, tanh_scale: float) -> Ten
     return ((out["x"] - out["x_hat"]) ** 2).sum(dim=-1)
 
 
+def magnitudes(out: dict) -> Tensor:
+    """|a|, or a itself where the model says its code cannot be negative (``nonnegative_codes``): at LM width
+    the abs and its backward's sign are two element-wise passes over a batch x latents tensor."""
+    return out["a"] if out.get("nonnegative_codes", False) else out["a"].abs()
+
+
 @register("l1", needs=("a",), sparsity=True)
 def l1(out: dict, eps: float, bounded_variance: bool, tanh_scale: float) -> Tensor:
-    return out["a"].abs().sum(dim=-1)
+    return magnitudes(out).sum(dim=-1)
 
 
 @register("l1_decnorm", needs=("a", "decoder_norms"), sparsity=True)
 def l1_decnorm(out: dict, eps: float, bounded_variance: bool, tanh_scale: float) -> Tensor:
-    """sum_i a_i ||W_dec,i||: an L1 penalty that shrinking the codes while growing the decoder cannot evade."""
-    return (out["a"].abs() * out["decoder_norms"]).sum(dim=-1)
+    """sum_i |a_i| ||W_dec,i||: an L1 penalty that shrinking the codes while growing the decoder cannot evade
+    (a matrix-vector product: no batch x latents product to write)."""
+    return magnitudes(out) @ out["decoder_norms"]
 
 
 @register("l0", needs=("gate",), sparsity=True)
@@ -155,7 +162,7 @@ def l0(out: dict, eps: float, bounded_variance: bool, tanh_scale: float) -> Tens
 def l0_tanh(out: dict, eps: float, bounded_variance: bool, tanh_scale: float) -> Tensor:
     """A smooth L0: sum_i tanh(c a_i ||W_dec,i||), c = ``tanh_scale`` (larger c, closer to the count). Its
     gradient reaches every active latent's magnitude, not only the ones near their threshold."""
-    return torch.tanh(tanh_scale * out["a"].abs() * out["decoder_norms"]).sum(dim=-1)
+    return torch.tanh(tanh_scale * magnitudes(out) * out["decoder_norms"]).sum(dim=-1)
 
 
 @register("auxk", needs=("x", "x_hat", "aux_x_hat"))

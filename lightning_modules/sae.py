@@ -38,6 +38,10 @@ class SparseAutoencoder(SparseCoder):
     def activate(self, z: Tensor) -> Tensor:
         return F.relu(z)
 
+    def nonnegative_codes(self) -> bool:
+        """Whether activate can return no negative value, whatever was learned (the L1 terms then skip abs)."""
+        return True
+
     def preactivation(self, x: Tensor) -> Tensor:
         """W_enc (x - b_dec) + b_enc, computed as W_enc x + (b_enc - W_enc b_dec): b_dec's gradient is then a
         matrix-vector product instead of the input gradient of a batch matmul (one of the step's six)."""
@@ -55,10 +59,10 @@ class SparseAutoencoder(SparseCoder):
     def decode_scaled(self, a: Tensor) -> Tensor:
         return a @ self.decoder_weight().T + self.b_dec
 
-    def reconstruction(self, x: Tensor, z: Tensor, a: Tensor) -> dict[str, Tensor]:
-        """What the loss terms read, in the scaled space the model trains in."""
-        return {"x": x * self.input_scale, "z": z, "a": a, "x_hat": self.decode_scaled(a),
-                "decoder_norms": self.decoder_weight().norm(dim=0)}
+    def reconstruction(self, x: Tensor, z: Tensor, a: Tensor, x_hat: Tensor | None = None) -> dict[str, Tensor]:
+        """What the loss terms read, in the scaled space the model trains in (x_hat decoded from a unless given)."""
+        return {"x": x * self.input_scale, "z": z, "a": a, "x_hat": self.decode_scaled(a) if x_hat is None else x_hat,
+                "decoder_norms": self.decoder_weight().norm(dim=0), "nonnegative_codes": self.nonnegative_codes()}
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return self.reconstruction(x, *self.encode(x))
@@ -141,6 +145,9 @@ class JumpReLUSAE(SparseAutoencoder):
     def theta(self) -> Tensor:
         return self.threshold_param.exp() if self.parametrisation == "log" else self.threshold_param
 
+    def nonnegative_codes(self) -> bool:
+        return self.parametrisation == "log"  # a linear theta can learn to go below 0 and pass negative z
+
     def gate(self, z: Tensor) -> Tensor:
         """Forward: exactly 1[z > theta]; backward: the estimator's."""
         theta = self.theta()
@@ -173,9 +180,18 @@ class TopKSAE(SparseAutoencoder):
         self.register_buffer("examples_since_fired", torch.zeros(hidden_dim))
 
     def activate(self, z: Tensor) -> Tensor:
-        """The k largest of relu(z): exactly k non-zeros whenever k pre-activations are positive."""
+        return self.top_k(z)[0]
+
+    def top_k(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The k largest of relu(z), exactly k non-zeros whenever k pre-activations are positive: the code,
+        and its values and indices."""
         values, indices = F.relu(z).topk(self.k, dim=-1)
-        return torch.zeros_like(z).scatter(-1, indices, values)
+        return torch.zeros_like(z).scatter(-1, indices, values), values, indices
+
+    def code_and_reconstruction(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """The code and its reconstruction, both from one topk over the pre-activations."""
+        a, values, indices = self.top_k(z)
+        return a, self.sparse_decode(values, indices) + self.b_dec
 
     def decode_scaled(self, a: Tensor) -> Tensor:
         """Only the k latents a row can hold: k decoder columns gathered per example, k / hidden_dim of a
@@ -190,8 +206,9 @@ class TopKSAE(SparseAutoencoder):
         return rows.view(*values.shape[:-1], -1)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        z, a = self.encode(x)
-        out = self.reconstruction(x, z, a)
+        z = self.preactivation(x)
+        a, x_hat = self.code_and_reconstruction(z)
+        out = self.reconstruction(x, z, a, x_hat)
         if self.training:
             with torch.no_grad():
                 self.examples_since_fired += len(x)
@@ -219,6 +236,10 @@ class BatchTopKSAE(TopKSAE):
 
     # a batch's top k * B, and the threshold at evaluation, leave rows with more than k latents: all of them decode
     decode_scaled = SparseAutoencoder.decode_scaled
+
+    def code_and_reconstruction(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        a = self.activate(z)
+        return a, self.decode_scaled(a)
 
     def activate(self, z: Tensor) -> Tensor:
         positive = F.relu(z)

@@ -1,8 +1,12 @@
 """The linear read-outs recover known answers on data built to have them."""
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from evaluation.linear_fits import fvu, implicit_decoder_fits, pca_fvu, probe_accuracy
+from evaluation.linear_fits import affine_fvu, fvu, implicit_decoder_fits, pca_fvu, probe_accuracy
 
 
 def test_fvu_is_zero_for_a_perfect_reconstruction_and_uses_the_given_mean():
@@ -48,3 +52,47 @@ def test_probe_separates_clusters_and_is_at_chance_on_random_labels():
     # labels independent of x: 2000 test examples put two-class chance at 0.5 +- 0.011
     coin_train, coin_test = (torch.randint(2, (2000,), generator=generator) for _ in range(2))
     assert abs(probe_accuracy(x_train, coin_train, x_test, coin_test) - 0.5) < 0.05
+
+
+def ridge_reference(a_train, x_train, a_test, x_test, ridge=1e-8):
+    """The affine read-out's definition, written out: centred normal equations over the k x k Gram matrix."""
+    a_mean, x_mean = a_train.mean(0), x_train.mean(0)
+    a, x = a_train - a_mean, x_train - x_mean
+    gram = a.T @ a
+    decoder = torch.linalg.solve(gram + ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype),
+                                 a.T @ x)
+    return float(fvu(x_test, x_mean + (a_test - a_mean) @ decoder, x_mean))
+
+
+@pytest.mark.parametrize("n_train, latents", [(300, 40), (40, 300)])  # the k x k form, then the n x n one
+def test_affine_fvu_is_the_ridge_solution_through_either_gram_matrix(n_train, latents):
+    generator = torch.Generator().manual_seed(0)
+    a = torch.relu(torch.randn(n_train + 100, latents, generator=generator, dtype=torch.float64) - 1)
+    a[:, 0], a[:, 1] = 0, 2.0  # a dead unit and a constant one: singular without the ridge
+    x = 3 + a @ torch.randn(latents, 6, generator=generator, dtype=torch.float64) \
+        + torch.randn(len(a), 6, generator=generator, dtype=torch.float64)
+    expected = ridge_reference(a[:n_train], x[:n_train], a[n_train:], x[n_train:])
+    assert 0.01 < expected < 2
+    assert affine_fvu(a[:n_train], x[:n_train], a[n_train:], x[n_train:]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_read_outs_at_65536_latents_stay_within_3_gb():
+    """A k x k Gram matrix at 65,536 latents is 34 GB in float64, and a float64 copy of these codes 0.4 GB:
+    the fits must go through the n x n form and chunks to finish under an address-space limit of 3 GB."""
+    script = """
+import resource
+resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
+import torch
+from evaluation.linear_fits import implicit_decoder_fits
+generator = torch.Generator().manual_seed(0)
+a = torch.relu(torch.randn(800, 65536, generator=generator) - 3)  # about 88 of 65,536 active
+W = torch.randn(65536, 64, generator=generator) / 256
+fits = implicit_decoder_fits(a[:400], a[:400] @ W, a[400:], a[400:] @ W, W)
+print(fits["fvu"], fits["fvu_affine"])
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    implicit, affine = map(float, done.stdout.split())
+    assert implicit == pytest.approx(0, abs=1e-9)  # x is exactly a @ W: the implicit decoder recovers it
+    assert 0 <= affine < 1.1  # 400 train rows, 65,536 latents: an affine read-out that interpolates train

@@ -25,6 +25,7 @@ def batch(n=32, d=10, seed=0):
 def test_shapes_and_every_parameter_gets_a_gradient(model):
     out = model(batch())
     assert out["a"].shape == (32, 24) and out["x_hat"].shape == (32, 10)
+    assert out["nonnegative_codes"] and (out["a"] >= 0).all()  # the L1 terms skip abs on its word
     model.loss(out)["total"].backward()
     for name, parameter in model.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
@@ -75,6 +76,17 @@ def test_l1_decnorm_equals_an_independent_computation():
     out = model(batch())
     expected = sum(out["a"][:, i] * torch.linalg.vector_norm(model.W_dec[:, i]) for i in range(24))
     torch.testing.assert_close(LOSS_TERMS["l1_decnorm"].fn(out, **OPTIONS), expected)
+
+
+def test_l1_terms_take_magnitudes_of_a_code_that_can_be_negative():
+    model = JumpReLUSAE(10, 24, CompositeLoss({"mse": 1.0, "l1": 1.0}), threshold_param="linear")
+    with torch.no_grad():
+        model.threshold_param.fill_(-0.5)  # a linear theta learned below 0 passes z in (-0.5, 0)
+    out = model(batch())
+    assert not out["nonnegative_codes"] and (out["a"] < 0).any()
+    torch.testing.assert_close(LOSS_TERMS["l1"].fn(out, **OPTIONS), out["a"].abs().sum(-1))
+    torch.testing.assert_close(LOSS_TERMS["l1_decnorm"].fn(out, **OPTIONS),
+                               (out["a"].abs() * out["decoder_norms"]).sum(-1))
 
 
 def test_unit_norm_decoder_is_kept_after_a_step():
@@ -172,16 +184,20 @@ def test_the_preactivation_folds_b_dec_into_the_bias_with_the_same_values_and_gr
 
 def test_topk_decodes_its_k_latents_as_a_matmul_over_all_of_them_would():
     """Same reconstruction and same gradient to every parameter (a's other entries are zeros the scatter
-    in activate does not differentiate)."""
+    in activate does not differentiate), in the training forward pass (one topk for code and decode) and
+    in decode_scaled of a given code."""
     torch.manual_seed(0)
     model = TopKSAE(6, 10, CompositeLoss({"mse": 1.0}, reduction="mean"), k=3).double()
     x = torch.randn(2, 4, 6, dtype=torch.float64)  # leading batch dimensions, as LM batches have
     weights = torch.randn(2, 4, 6, dtype=torch.float64)
     results = []
-    for decode in (model.decode_scaled, lambda a: SparseAutoencoder.decode_scaled(model, a)):
-        x_hat = decode(model.encode(x)[1])
+    for reconstruct in (lambda: model(x.flatten(0, 1))["x_hat"].view_as(x),
+                        lambda: model.decode_scaled(model.encode(x)[1]),
+                        lambda: SparseAutoencoder.decode_scaled(model, model.encode(x)[1])):
+        x_hat = reconstruct()
         results.append((x_hat, torch.autograd.grad((x_hat * weights).sum(), list(model.parameters()))))
-    (sparse, sparse_grads), (dense, dense_grads) = results
-    torch.testing.assert_close(sparse, dense)
-    for ours, theirs in zip(sparse_grads, dense_grads):
-        torch.testing.assert_close(ours, theirs)
+    (dense, dense_grads) = results.pop()
+    for sparse, sparse_grads in results:
+        torch.testing.assert_close(sparse, dense)
+        for ours, theirs in zip(sparse_grads, dense_grads):
+            torch.testing.assert_close(ours, theirs)
