@@ -4,6 +4,7 @@
     python train.py -m loss=lse,lse_var,lse_var_tc,var_tc seed=0,1,2
 """
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -27,8 +28,9 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 import calibration
 from activations.language_model import hidden_size
-from callbacks.metrics_file import MetricsFile
+from callbacks.metrics_file import MetricsFile, write_json
 from callbacks.progress import duration
+from callbacks.stopwatch import Stopwatch, share_line
 from lightning_modules.base import NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ OmegaConf.register_new_resolver("run_group", run_group)
 OmegaConf.register_new_resolver("run_name", run_name)
 
 CONFIG_ERRORS = (ValueError, FileNotFoundError, InstantiationException)
+JOBS_IN_PROCESS = itertools.count()  # a sweep's jobs share one process under the basic launcher
 
 
 class RunError(Exception):
@@ -134,6 +137,17 @@ def report_end(trainer: pl.Trainer, run_dir: Path, seconds: float) -> None:
             log.info("W&B, offline: wandb sync %s", Path(logger.experiment.dir).parent)
 
 
+def record_time(trainer: pl.Trainer, run_dir: Path, job_start: float, fit_end: float, first_job: bool) -> None:
+    """The run's wall time by phase (callbacks/stopwatch.py), into metrics.json and as the last line."""
+    stopwatch = next((callback for callback in trainer.callbacks if isinstance(callback, Stopwatch)), None)
+    path = run_dir / "metrics.json"
+    if stopwatch is None or "train_end" not in stopwatch.marks or not path.is_file():
+        return
+    seconds = stopwatch.shares(job_start, fit_end, time.time(), first_job)
+    write_json(path, json.loads(path.read_text()) | {"time": seconds})
+    log.info("time %s: %s", duration(seconds["total"]), share_line(seconds))
+
+
 def finished(run_dir: Path) -> bool:
     metrics = run_dir / "metrics.json"
     return metrics.is_file() and json.loads(metrics.read_text()).get("status") == "finished"
@@ -144,7 +158,7 @@ def fit(cfg: DictConfig) -> pl.Trainer | None:
     if not cfg.ckpt_path and finished(run_dir):  # a requeued job that had finished, a re-run command
         log.info("already finished: %s", run_dir)
         return None
-    started = time.monotonic()
+    started, first_job = time.time(), next(JOBS_IN_PROCESS) == 0
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
@@ -180,12 +194,14 @@ def fit(cfg: DictConfig) -> pl.Trainer | None:
     # under SLURM, submitit requeues and Lightning does not (callbacks/resume.py)
     plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=plugins)
+    fit_end = None
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         if cfg.test:
             trainer.test(model, datamodule=datamodule, ckpt_path="best" if trainer.checkpoint_callback else None)
+        fit_end = time.time()
         if trainer.is_global_zero:
-            report_end(trainer, run_dir, time.monotonic() - started)
+            report_end(trainer, run_dir, fit_end - started)
     except NonFiniteLossError as error:
         message = f"error: {error}; last good checkpoint kept in {run_dir / 'checkpoints'}"
         if HydraConfig.get().mode != RunMode.MULTIRUN:
@@ -197,6 +213,8 @@ def fit(cfg: DictConfig) -> pl.Trainer | None:
     finally:
         if logger and hasattr(logger.experiment, "finish"):
             logger.experiment.finish()
+    if fit_end is not None and trainer.is_global_zero:
+        record_time(trainer, run_dir, started, fit_end, first_job)
     return trainer
 
 

@@ -1,4 +1,5 @@
 """MNIST from the four canonical idx ``.gz`` files, read with numpy and checked against their md5."""
+import functools
 import gzip
 import hashlib
 import zlib
@@ -20,6 +21,12 @@ MD5 = {
 
 
 def read_idx(path: Path, expected_md5: str) -> np.ndarray:
+    stat = path.stat()
+    return decoded_idx(path, expected_md5, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.cache  # a sweep's jobs in one process decompress and check each file once (unless it changed)
+def decoded_idx(path: Path, expected_md5: str, size: int, mtime_ns: int) -> np.ndarray:
     try:
         raw = gzip.decompress(path.read_bytes())
     except (OSError, EOFError, zlib.error) as error:

@@ -29,6 +29,14 @@ class SparseCoder(pl.LightningModule):
         # a checkpoint carries its scaling (LM activations: sqrt(d) / E||x||); losses see scaled data
         self.register_buffer("input_scale", torch.ones(()))
 
+    def __setattr__(self, name: str, value) -> None:
+        # Lightning names the running hook here around every hook call, about 44 times a step; nn.Module's
+        # own __setattr__ (which looks for parameters, buffers and submodules) is a tenth of a small step
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def setup(self, stage: str) -> None:
         scale = getattr(self.trainer.datamodule, "input_scale", None)
         if scale is not None:

@@ -29,6 +29,11 @@ def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+def measured(run_dir: Path) -> dict:
+    """What a run measured: metrics.json without its wall-clock ``time``, which no two runs share."""
+    return {name: value for name, value in read_metrics(run_dir).items() if name != "time"}
+
+
 def wandb_run(run_dir: Path) -> tuple[object, dict, dict]:
     """The run record, config and last logged value of each metric of the run folder's offline W&B run,
     read from its transaction log (LevelDB's log format: 32 KiB blocks of records with 7-byte headers)."""

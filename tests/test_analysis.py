@@ -183,3 +183,18 @@ def test_theorem_on_a_checkpoint_names_it_and_refuses_one_of_another_shape(sweep
     assert other.returncode != 0 and "Traceback" not in other.stderr
     assert other.stderr.strip().splitlines()[-1].startswith(
         f"error: ckpt_path={ckpt} holds a model with input_dim=32, hidden_dim=8, ")
+
+
+def test_time_shares_of_a_sweep_add_its_runs_phases(sweep, tmp_path):
+    folder = copy_of(sweep, tmp_path)
+    times = [json.loads((folder / job / "metrics.json").read_text())["time"] for job in ("0", "1")]
+    assert times[0]["start_up"] > times[1]["start_up"]  # the process's first job pays the imports
+    result = run_cli("-m", "analysis.time", f"dir={folder}")
+    assert (folder / "analysis" / "time.png").stat().st_size > 0 and (folder / "analysis" / "time.pdf").is_file()
+    table = (folder / "analysis" / "time.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith(("| 0: ", "| 1: "))]
+    assert [row.split(" |")[0] for row in rows] == ["| 0: loss=lse", "| 1: loss=lse_var_tc"]  # what differs
+    total = sum(seconds["total"] for seconds in times)
+    training = sum(seconds["training_steps"] for seconds in times)
+    assert f"summed over 2 runs, {total:.0f} s: start up " in result.stdout
+    assert f"training steps {100 * training / total:.0f}%" in result.stdout

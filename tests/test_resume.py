@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from conftest import ROOT, read_metrics, run_cli
+from conftest import ROOT, measured, run_cli
 
 STEPS_PER_EPOCH = 128  # 16384 examples / batch 128
 ARGS = ["train.py", "data=gaussian_mixture", "data.n_train=16384", "trainer.max_epochs=2", "logger=csv",
@@ -35,7 +35,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(tmp_path
 
     resumed = run_cli(*ARGS, f"hydra.run.dir={killed}")  # the same command again
     assert f"resuming from {checkpoint}" in resumed.stderr + resumed.stdout
-    assert read_metrics(killed) == read_metrics(unbroken)
+    assert measured(killed) == measured(unbroken)
     expected = weights(unbroken)
     assert all(torch.equal(value, expected[name]) for name, value in weights(killed).items())
 
@@ -60,7 +60,7 @@ def test_a_job_signalled_before_its_time_limit_checkpoints_requeues_and_ends_as_
 
     log = (sweep / "0" / "train.log").read_text()
     assert "SIGUSR2 received" in log and f"resuming from {sweep / '0' / 'checkpoints' / 'last.ckpt'}" in log
-    assert read_metrics(sweep / "0") == read_metrics(tmp_path / "unbroken")
+    assert measured(sweep / "0") == measured(tmp_path / "unbroken")
     expected = weights(tmp_path / "unbroken")
     assert all(torch.equal(value, expected[name]) for name, value in weights(sweep / "0").items())
     runs = {path.name.rsplit("-", 1)[1] for path in (sweep / "0" / "wandb").glob("offline-run-*")}

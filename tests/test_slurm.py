@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from conftest import QUICK, ROOT, read_metrics, run_cli
+from conftest import QUICK, ROOT, measured, read_metrics, run_cli
 from test_ddp import COMMON, DOUBLED_BATCH, HALF_BATCH, assert_same_training
 
 LAUNCH = ["-m", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1",
@@ -84,7 +84,7 @@ def test_a_job_requeued_mid_training_resumes_and_ends_as_if_unbroken(tmp_path, i
     restarts = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
     assert "Restarts=1" in restarts
     assert f"resuming from {run / 'checkpoints' / 'last.ckpt'}" in (run / "train.log").read_text()
-    assert read_metrics(run) == read_metrics(tmp_path / "unbroken")
+    assert measured(run) == measured(tmp_path / "unbroken")
     expected = torch.load(tmp_path / "unbroken" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert all(torch.equal(value, expected[name]) for name, value in resumed.items())

@@ -61,10 +61,17 @@ def test_mnist_run_logs_to_wandb_offline_with_figures_and_says_only_what_matters
     assert abs(history["train/total"] - history["val/total"]) < 0.5 * abs(history["val/total"])
     assert history["train/objective"] != history["train/total"]
     lines = (result.stdout + result.stderr).strip().splitlines()
-    assert lines[0] == f"run folder: {tmp_path}" and lines[-3].startswith("finished in ")
-    assert lines[-2].startswith(f"files in {tmp_path}: checkpoints/, config_resolved.yaml, figures/, metrics.json")
-    assert lines[-1].startswith(f"W&B, offline: wandb sync {tmp_path / 'wandb' / 'offline-run-'}")
-    assert sum(line.startswith("epoch ") for line in lines) == 2 and len(lines) <= 8
+    assert lines[0] == f"run folder: {tmp_path}" and lines[-4].startswith("finished in ")
+    assert lines[-3].startswith(f"files in {tmp_path}: checkpoints/, config_resolved.yaml, figures/, metrics.json")
+    assert lines[-2].startswith(f"W&B, offline: wandb sync {tmp_path / 'wandb' / 'offline-run-'}")
+    assert lines[-1].startswith("time 0:") and "training steps" in lines[-1] and "start up" in lines[-1]
+    assert sum(line.startswith("epoch ") for line in lines) == 2 and len(lines) <= 9
+    # the phases add up to the run's wall time, which starts at the process's start (imports included)
+    seconds = read_metrics(tmp_path)["time"]
+    phases = sum(seconds[name] for name in ("start_up", "training_steps", "validation", "between_steps",
+                                            "end_of_fit", "finish"))
+    assert phases == pytest.approx(seconds["total"], abs=0.01) and seconds["start_up"] > 1
+    assert min(seconds.values()) >= 0 and seconds["training_steps"] > 0
     assert "finished in " in (tmp_path / "train.log").read_text()
 
 
