@@ -25,8 +25,8 @@ def table(names: list[str], rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figure(names: list[str], rows: list[dict]):
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.4))
+def figure(names: list[str], rows: list[dict], title: str):
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.8))
     left = np.zeros(len(rows))
     for phase in PHASES:
         widths = np.array([seconds[phase] for seconds in rows])
@@ -35,7 +35,8 @@ def figure(names: list[str], rows: list[dict]):
     ax.invert_yaxis()  # in run order, top to bottom
     ax.set_xlabel("wall time (s)")
     ax.tick_params(axis="y", labelsize=7)
-    ax.legend(fontsize=7, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=7, ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.22 - 0.6 / len(rows)))
     fig.tight_layout()
     return fig
 
@@ -49,9 +50,9 @@ def main(cfg: DictConfig) -> None:
              for run in runs]  # what tells the runs apart
     rows = [run.metrics["time"] for run in runs]
     summed = {key: sum(seconds[key] for seconds in rows) for key in (*PHASES, "total")}
-    markdown = (table(names, rows) + f"\nsummed over {len(rows)} runs, {summed['total']:.0f} s: "
-                f"{share_line(summed)}\n")
-    publish(Path(cfg.dir) / "analysis", figure(names, rows), "time", markdown, "time.md")
+    summary = f"summed over {len(rows)} runs, {summed['total']:.0f} s: {share_line(summed)}"
+    publish(Path(cfg.dir) / "analysis", figure(names, rows, summary), "time", f"{table(names, rows)}\n{summary}\n",
+            "time.md")
 
 
 if __name__ == "__main__":
