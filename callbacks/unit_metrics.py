@@ -13,10 +13,11 @@ from evaluation.plots import save_figure, unit_figures
 
 
 class UnitMetrics(pl.Callback):
-    def __init__(self, output_dir: str, figures: bool = True, corr_units: int | None = None, label: str = ""):
+    def __init__(self, output_dir: str, figures: bool = True, corr_units: int | None = None, label: str = "",
+                 formats: tuple[str, ...] = ("png",)):
         self.output_dir = Path(output_dir)
         self.label = label  # what the run is (its overrides), for the figures' titles
-        self.figures, self.corr_units = figures, corr_units
+        self.figures, self.corr_units, self.formats = figures, corr_units, tuple(formats)
         self.arrays: dict[str, np.ndarray] = {}
 
     def setup(self, trainer, pl_module, stage):
@@ -62,7 +63,7 @@ class UnitMetrics(pl.Callback):
         figures = unit_figures(self.arrays["corr"], directions, self.arrays["firing_frequency"],
                                self.arrays["active_counts"], f"{self.label} ({self.output_dir})")
         for name, figure in figures.items():
-            png = save_figure(figure, self.output_dir / "figures" / name)[1]
-            for logger in trainer.loggers:
-                if isinstance(logger, WandbLogger):
-                    logger.log_image(key=f"figures/{name}", images=[str(png)])
+            for path in save_figure(figure, self.output_dir / "figures" / name, self.formats):
+                for logger in trainer.loggers:
+                    if isinstance(logger, WandbLogger) and path.suffix == ".png":
+                        logger.log_image(key=f"figures/{name}", images=[str(path)])

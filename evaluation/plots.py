@@ -100,10 +100,10 @@ def active_count_histogram(ax, active_counts: np.ndarray) -> None:
     ax.set_ylabel("fraction of examples")
 
 
-def save_figure(figure, stem: Path) -> list[Path]:
-    """Write ``stem.pdf`` and ``stem.png``; return both paths."""
+def save_figure(figure, stem: Path, formats: tuple[str, ...] = ("pdf", "png")) -> list[Path]:
+    """Write ``stem.<format>`` for each format (PDF and PNG by default); return the paths."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".pdf"), stem.with_suffix(".png")]
+    paths = [stem.with_suffix(f".{extension}") for extension in formats]
     for path in paths:
         figure.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(figure)

@@ -48,9 +48,10 @@ def test_ablation_analysis_writes_figure_and_table(ablation_dir):
 
 def test_mnist_run_logs_to_wandb_offline_with_figures_and_says_only_what_matters(tmp_path):
     result = run_cli("train.py", "trainer.max_epochs=2", "trainer.limit_train_batches=5", "model.hidden_dim=8",
-                     "trainer.log_every_n_steps=2", f"hydra.run.dir={tmp_path}")
+                     "trainer.log_every_n_steps=2", "callbacks.unit_metrics.formats=[pdf,png]",
+                     f"hydra.run.dir={tmp_path}")
     for name in ("abs_corr", "weight_cosine", "firing_frequency"):
-        assert (tmp_path / "figures" / f"{name}.png").is_file()
+        assert (tmp_path / "figures" / f"{name}.png").is_file() and (tmp_path / "figures" / f"{name}.pdf").is_file()
     metrics = read_metrics(tmp_path)
     assert metrics["params"] == 784 * 8 + 8 and metrics["epoch"] == 2 and metrics["global_step"] == 10
     run, config, history = wandb_run(tmp_path)
