@@ -44,9 +44,9 @@ class FinalEvaluation(pl.Callback):
         y_train, y_test = y_train.to(pl_module.device), y_test.to(pl_module.device)
         a_train, a_test = pl_module.codes(x_train, self.chunk_size), pl_module.codes(x_test, self.chunk_size)
         if a_train.shape[1] >= len(a_train):
-            log.warning(f"fvu_affine: {len(a_train)} train examples for {a_train.shape[1]} latents, so the affine "
-                        f"read-out interpolates train and its test FVU says little; raise "
-                        f"callbacks.final_evaluation.max_examples above the latents")
+            log.warning("fvu_affine: %d train examples for %d latents, so the affine read-out interpolates train "
+                        "and its test FVU says little; raise callbacks.final_evaluation.max_examples above the "
+                        "latents", len(a_train), a_train.shape[1])
 
         values = {"l0_test": float((a_test > 0).sum(1).double().mean())}
         if hasattr(pl_module, "decode"):

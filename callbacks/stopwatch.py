@@ -1,7 +1,7 @@
 """Where a run's wall time goes. This callback times what happens inside fit: the training steps (from
-a batch's start to its end: forward, backward, optimiser, per-step hooks), the validation loops, and
-the end of fit (final evaluation, figures, metrics file). train.py adds start-up and the logger's finish
-and writes the seconds and shares into metrics.json (``time``)."""
+a batch's start to its end: forward, backward, optimiser, per-step hooks) and the validation loops, and
+marks fit's start and training's end. train.py adds the marks around it (the job's start, fit's return,
+the logger's finish) and writes the seconds per phase into metrics.json (``time``)."""
 import time
 
 import psutil
