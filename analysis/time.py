@@ -26,7 +26,7 @@ def table(names: list[str], rows: list[dict]) -> str:
 
 
 def figure(names: list[str], rows: list[dict], title: str):
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.8))
+    fig, ax = plt.subplots(figsize=(8.5, 0.3 * len(rows) + 1.4))
     left = np.zeros(len(rows))
     for phase in PHASES:
         widths = np.array([seconds[phase] for seconds in rows])
@@ -36,7 +36,7 @@ def figure(names: list[str], rows: list[dict], title: str):
     ax.set_xlabel("wall time (s)")
     ax.tick_params(axis="y", labelsize=7)
     ax.set_title(title, fontsize=8)
-    ax.legend(fontsize=7, ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.22 - 0.6 / len(rows)))
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the bars, at any height
     fig.tight_layout()
     return fig
 
