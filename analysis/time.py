@@ -32,7 +32,7 @@ def figure(names: list[str], rows: list[dict], title: str):
         widths = np.array([seconds[phase] for seconds in rows])
         ax.barh(names, widths, left=left, label=phase.replace("_", " "))
         left += widths
-    ax.invert_yaxis()  # in run order, top to bottom
+    ax.set_ylim(len(rows) - 0.5, -0.5)  # in run order, top to bottom, without margins that grow with the runs
     ax.set_xlabel("wall time (s)")
     ax.tick_params(axis="y", labelsize=7)
     ax.set_title(title, fontsize=8)
