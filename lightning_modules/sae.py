@@ -64,8 +64,14 @@ class SparseAutoencoder(SparseCoder):
         return {"x": x * self.input_scale, "z": z, "a": a, "x_hat": self.decode_scaled(a) if x_hat is None else x_hat,
                 "decoder_norms": self.decoder_weight().norm(dim=0), "nonnegative_codes": self.nonnegative_codes()}
 
+    def code_and_reconstruction(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """The code of pre-activations z and its reconstruction (TopK decodes both from one topk)."""
+        a = self.activate(z)
+        return a, self.decode_scaled(a)
+
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        return self.reconstruction(x, *self.encode(x))
+        z = self.preactivation(x)
+        return self.reconstruction(x, z, *self.code_and_reconstruction(z))
 
     def feature_directions(self) -> Tensor:
         return self.decoder_weight().T
@@ -206,9 +212,8 @@ class TopKSAE(SparseAutoencoder):
         return rows.view(*values.shape[:-1], -1)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        z = self.preactivation(x)
-        a, x_hat = self.code_and_reconstruction(z)
-        out = self.reconstruction(x, z, a, x_hat)
+        out = super().forward(x)
+        z, a = out["z"], out["a"]
         if self.training:
             with torch.no_grad():
                 self.examples_since_fired += len(x)
@@ -236,10 +241,7 @@ class BatchTopKSAE(TopKSAE):
 
     # a batch's top k * B, and the threshold at evaluation, leave rows with more than k latents: all of them decode
     decode_scaled = SparseAutoencoder.decode_scaled
-
-    def code_and_reconstruction(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        a = self.activate(z)
-        return a, self.decode_scaled(a)
+    code_and_reconstruction = SparseAutoencoder.code_and_reconstruction
 
     def activate(self, z: Tensor) -> Tensor:
         positive = F.relu(z)
