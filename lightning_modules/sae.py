@@ -59,9 +59,9 @@ class SparseAutoencoder(SparseCoder):
     def decode_scaled(self, a: Tensor) -> Tensor:
         return a @ self.decoder_weight().T + self.b_dec
 
-    def reconstruction(self, x: Tensor, z: Tensor, a: Tensor, x_hat: Tensor | None = None) -> dict[str, Tensor]:
-        """What the loss terms read, in the scaled space the model trains in (x_hat decoded from a unless given)."""
-        return {"x": x * self.input_scale, "z": z, "a": a, "x_hat": self.decode_scaled(a) if x_hat is None else x_hat,
+    def reconstruction(self, x: Tensor, z: Tensor, a: Tensor, x_hat: Tensor) -> dict[str, Tensor]:
+        """What the loss terms read, in the scaled space the model trains in."""
+        return {"x": x * self.input_scale, "z": z, "a": a, "x_hat": x_hat,
                 "decoder_norms": self.decoder_weight().norm(dim=0), "nonnegative_codes": self.nonnegative_codes()}
 
     def code_and_reconstruction(self, z: Tensor) -> tuple[Tensor, Tensor]:
@@ -168,8 +168,8 @@ class JumpReLUSAE(SparseAutoencoder):
         return z * self.gate(z)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        z = self.preactivation(x)
-        return self.reconstruction(x, z, self.activate(z)) | {"gate": self.gate(z)}
+        out = super().forward(x)
+        return out | {"gate": self.gate(out["z"])}
 
 
 class TopKSAE(SparseAutoencoder):
@@ -307,4 +307,5 @@ class GatedSAE(SparseAutoencoder):
         pi_gate, a = self.encode(x)
         activity = F.relu(pi_gate)
         frozen = activity @ self.decoder_weight().detach().T + self.b_dec.detach()
-        return self.reconstruction(x, pi_gate, a) | {"gate_activity": activity, "gate_x_hat": frozen}
+        out = self.reconstruction(x, pi_gate, a, self.decode_scaled(a))
+        return out | {"gate_activity": activity, "gate_x_hat": frozen}
