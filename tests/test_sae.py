@@ -1,6 +1,8 @@
 import pytest
+import pytorch_lightning as pl
 import torch
 
+from datamodules.gaussian_mixture import GaussianMixtureDataModule
 from lightning_modules.encoder import DecoderFreeEncoder
 from lightning_modules.losses import LOSS_TERMS, CompositeLoss
 from lightning_modules.sae import BatchTopKSAE, GatedSAE, JumpReLUSAE, MatryoshkaSAE, SparseAutoencoder, TopKSAE
@@ -96,6 +98,28 @@ def test_unit_norm_decoder_is_kept_after_a_step():
     optimizer.step()
     model.normalize_weights()
     torch.testing.assert_close(model.W_dec.norm(dim=0), torch.ones(24))
+
+
+def test_gradient_clip_val_bounds_the_global_norm_of_each_step_s_gradient(tmp_path):
+    class GradientNorms(pl.Callback):
+        def __init__(self):
+            self.norms = []
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            self.norms.append(float(torch.cat([p.grad.flatten() for p in pl_module.parameters()]).norm()))
+
+    def norms(clip):
+        torch.manual_seed(0)
+        model = SparseAutoencoder(32, 48, CompositeLoss(MSE_L1), gradient_clip_val=clip)
+        recorder = GradientNorms()
+        pl.Trainer(max_steps=20, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, limit_val_batches=0, callbacks=[recorder], default_root_dir=tmp_path,
+                   ).fit(model, datamodule=GaussianMixtureDataModule(input_dim=32, batch_size=64))
+        return recorder.norms
+
+    assert max(norms(None)) > 0.5  # so that a clip at 0.5 acts
+    clipped = norms(0.5)
+    assert len(clipped) == 20 and max(clipped) <= 0.5 + 1e-5
 
 
 @pytest.mark.parametrize("build, message", [
