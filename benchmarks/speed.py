@@ -9,7 +9,8 @@ SAELens, each comparison timed in interleaved rounds.
   step, the module's post-step renormalisation); and Lightning's loop alone, fitting a module whose
   training step does nothing (EmptyStep) on the same batches with the same callbacks. That is a floor
   on what Lightning adds to a step (the bare loop gathers its batch too), and bare / (bare + empty) a
-  bound on the speed vs bare that a step of this bare cost can reach in this Trainer.
+  bound on the speed vs bare that a step of this bare cost can reach in this Trainer. Both loops
+  gather batches with index_select, which is timed against plain indexing as well.
 - lm: 512 -> 4096 latents, batch 4096, on Gaussian data: the ReLU SAE with decoder-norm-weighted L1 and
   the TopK SAE (k 32), gradient clipping at 1.0, Lightning against the bare loop, against SAELens's
   training step on the same SAE (its `training_forward_pass`, backward, clipping and Adam), and the
@@ -87,7 +88,7 @@ def bare(module, data, steps: int, warmup: int, clip: float | None = None) -> fl
     for step in range(steps):
         if step == warmup:
             start = time.perf_counter()
-        batch = x[torch.randint(len(x), (data.batch_size,))]
+        batch = x.index_select(0, torch.randint(len(x), (data.batch_size,)))  # as the datamodules gather
         loss = module.loss(module(batch))["objective"]
         optimizer.zero_grad()
         loss.backward()
@@ -158,7 +159,7 @@ def saelens(module, data, steps: int, warmup: int, clip: float | None = None) ->
     for step in range(steps):
         if step == warmup:
             start = time.perf_counter()
-        batch = x[torch.randint(len(x), (data.batch_size,))]
+        batch = x.index_select(0, torch.randint(len(x), (data.batch_size,)))
         optimizer.zero_grad()
         output = sae.training_forward_pass(TrainStepInput(sae_in=batch, coefficients=coefficients,
                                                           dead_neuron_mask=None, n_training_steps=step,
@@ -179,6 +180,25 @@ def matmul(module, data, steps: int, warmup: int, clip: float | None = None) -> 
             start = time.perf_counter()
         x @ w
     return time.perf_counter() - start
+
+
+def gather_speed(x, batch_size: int, rounds: int) -> float:
+    """Speed of the datamodules' batch gather, x.index_select(0, rows), over x[rows], a pass over a
+    shuffled epoch each, interleaved."""
+    order = torch.randperm(len(x))
+    chunks = order[:len(x) // batch_size * batch_size].split(batch_size)
+
+    def seconds(gather) -> float:
+        start = time.perf_counter()
+        for chunk in chunks:
+            gather(chunk)
+        return time.perf_counter() - start
+
+    ratios = []
+    for _ in range(rounds):
+        indexing, selecting = seconds(lambda rows: x[rows]), seconds(lambda rows: x.index_select(0, rows))
+        ratios.append(indexing / selecting)
+    return statistics.median(ratios)
 
 
 def interleaved(variants: dict, build, data, steps: int, warmup: int, rounds: int, **options) -> dict:
@@ -217,6 +237,9 @@ def main(rounds: int) -> dict:
         results[f"mnist_{name.replace(' ', '_')}_vs_bare"] = round(mnist_ratios[name], 3)
     results["mnist_vs_bare"] = round(min(mnist_ratios.values()), 3)
     results["mnist_bound_vs_bare"] = round(min(bounds.values()), 3)  # for the model with the cheapest step
+    results["mnist_gather_vs_indexing"] = round(gather_speed(mnist.splits["train"][0], 128, 2 * rounds + 1), 3)
+    print(f"batch gather, index_select vs x[rows] (an epoch of 128-row batches): "
+          f"{results['mnist_gather_vs_indexing']:.2f}x")
 
     d, h, batch = 512, 4096, 4096
     lm = GaussianMixtureDataModule(input_dim=d, n_train=8 * batch, n_val=batch, n_test=batch, batch_size=batch,

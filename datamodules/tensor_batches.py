@@ -28,7 +28,8 @@ class TensorBatches(ResumableBatches):
         indices = self._indices()
         for start in range(skip * self.batch_size, len(indices), self.batch_size):
             chunk = indices[start:start + self.batch_size]
-            yield tuple(t[chunk] for t in self.tensors)
+            # index_select, not t[chunk]: the same rows, gathered 2-3x faster on CPU (benchmarks/speed.py)
+            yield tuple(t.index_select(0, chunk) for t in self.tensors)
 
 
 class TensorDataModule(pl.LightningDataModule):
