@@ -236,7 +236,7 @@ def main(rounds: int) -> dict:
               f"{1e3 * min(times['empty']):14.3f} {mnist_ratios[name]:13.2f}x {bounds[name]:5.2f}x")
         results[f"mnist_{name.replace(' ', '_')}_vs_bare"] = round(mnist_ratios[name], 3)
     results["mnist_vs_bare"] = round(min(mnist_ratios.values()), 3)
-    results["mnist_bound_vs_bare"] = round(min(bounds.values()), 3)  # for the model with the cheapest step
+    results["mnist_bound_vs_bare"] = round(min(bounds.values()), 3)  # the tightest of them
     results["mnist_gather_vs_indexing"] = round(gather_speed(mnist.splits["train"][0], 128, 2 * rounds + 1), 3)
     print(f"batch gather, index_select vs x[rows] (an epoch of 128-row batches): "
           f"{results['mnist_gather_vs_indexing']:.2f}x")
