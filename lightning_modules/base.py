@@ -30,7 +30,7 @@ class SparseCoder(pl.LightningModule):
         self.lr, self.sparsity_warmup, self.lr_decay = lr, sparsity_warmup, lr_decay
         self.gradient_clip_val = gradient_clip_val
         # the step below, not Lightning's automatic loop: with its closure and hooks, an empty step's batch
-        # costs 1.0 ms here against 0.6 ms, and 784 -> 64 models step 6% faster (benchmarks/speed.py)
+        # costs 1.0 ms here against 0.6 ms, and 784 -> 64 models step 6% faster (README, Speed)
         self.automatic_optimization = False
         # inputs are multiplied by this inside the model, so that every public method takes raw data and
         # a checkpoint carries its scaling (LM activations: sqrt(d) / E||x||); losses see scaled data
