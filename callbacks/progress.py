@@ -10,10 +10,12 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 from tqdm import tqdm
 
 from callbacks.metrics_file import epochs_trained
+from datamodules.resumable import optimizer_steps
 
 log = logging.getLogger(__name__)
 
 SHOWN = ("l0", "dead_fraction", "val/ce", "val/acc")  # beside every val/ loss term, where the run has them
+TRAINING = ("train/total", "train/l0")  # the models' log_step writes them to callback_metrics, not through self.log
 
 
 def duration(seconds: float) -> str:
@@ -35,12 +37,13 @@ class Progress(TQDMProgressBar):
     def get_metrics(self, trainer, pl_module):
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)  # the logger's version: the run folder says which run this is
-        return metrics
+        return metrics | {name: f"{float(trainer.callback_metrics[name]):.3g}" for name in TRAINING
+                          if name in trainer.callback_metrics}
 
     def on_train_start(self, trainer, pl_module):
         super().on_train_start(trainer, pl_module)
         self.started = self.last_line = time.monotonic()
-        self.first_step = trainer.global_step
+        self.first_step, self.total_steps = trainer.global_step, optimizer_steps(trainer)
 
     def on_train_epoch_start(self, trainer, pl_module):
         super().on_train_epoch_start(trainer, pl_module)
@@ -52,12 +55,12 @@ class Progress(TQDMProgressBar):
         now = time.monotonic()
         if self.plain and trainer.is_global_zero and now - self.last_line >= self.every_s:
             self.last_line = now
-            steps, total = trainer.global_step, trainer.estimated_stepping_batches
+            steps, total = trainer.global_step, self.total_steps
             rate = (steps - self.first_step) / (now - self.started)
             eta = f", {duration((total - steps) / rate)} left" if rate > 0 and total != float("inf") else ""
             log.info("epoch %d/%d, step %d/%s (%.0f%%), %.3g steps/s%s: %s", trainer.current_epoch + 1,
                      trainer.max_epochs, steps, total, 100 * steps / total, rate, eta,
-                     metric_line(trainer.progress_bar_metrics, trainer.progress_bar_metrics))
+                     metric_line(metrics := self.get_metrics(trainer, pl_module), metrics))
 
     def on_validation_end(self, trainer, pl_module):
         super().on_validation_end(trainer, pl_module)

@@ -1,10 +1,12 @@
 """What every model shares: its loss from the registry, per-term logging, the finiteness guard,
-the optimiser step. Subclasses define ``encode`` (pre-activations and code), ``forward`` (the dict the
-loss terms read) and ``feature_directions`` (one row per latent, for the cosine figure)."""
+the optimiser step (one per batch, or one per batch of a StepGroup). Subclasses define ``encode``
+(pre-activations and code), ``forward`` (the dict the loss terms read) and ``feature_directions`` (one
+row per latent, for the cosine figure)."""
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from datamodules.resumable import StepGroup, optimizer_steps
 from lightning_modules.losses import CompositeLoss
 
 
@@ -68,7 +70,7 @@ class SparseCoder(pl.LightningModule):
         """Sparsity terms ramp linearly from 0 over the first ``sparsity_warmup`` of the steps."""
         if not self.sparsity_warmup:
             return 1.0
-        return min(1.0, self.global_step / (self.sparsity_warmup * self.trainer.estimated_stepping_batches))
+        return min(1.0, self.global_step / (self.sparsity_warmup * self.total_steps))
 
     def global_batch(self, values: Tensor) -> Tensor:
         """Every rank's rows of ``values``, in rank order, differentiable with respect to this rank's."""
@@ -78,13 +80,25 @@ class SparseCoder(pl.LightningModule):
         ranks = self.trainer.world_size if self._trainer else 1
         return self.loss(out, global_batch=self.global_batch if ranks > 1 else None, ranks=ranks, **options)
 
+    def on_train_start(self) -> None:
+        self.total_steps = optimizer_steps(self.trainer)
+
     def training_step(self, batch, batch_idx):
+        batches = batch if isinstance(batch, StepGroup) else [batch]
+        for steps, minibatch in enumerate(batches, start=1):
+            self.optimization_step(minibatch)
+            if self.global_step == self.trainer.max_steps:
+                break
+        # Lightning counts a batch as one step on the logger's x-axis (validation's included): keep it at the
+        # optimiser's count, which is where log_step writes
+        self.trainer.fit_loop.epoch_loop._batches_that_stepped += steps - 1
+
+    def optimization_step(self, batch) -> None:
         out = self(batch[0])
         terms = self.losses(out, sparsity_scale=self.sparsity_scale())
         self._check_finite(terms)
-        # only on the steps the logger writes (Lightning's own "+ 1"): each self.log costs ~0.5 ms,
-        # more than a whole step of a small model (benchmarks/speed.py)
-        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+        every = self.trainer.log_every_n_steps  # Lightning's cadence, where 0 logs nothing
+        if every and (self.global_step + 1) % every == 0:
             self.log_step(out, terms)
         optimizer = self.optimizers()
         optimizer.zero_grad()
@@ -94,21 +108,31 @@ class SparseCoder(pl.LightningModule):
         optimizer.step()
         if (scheduler := self.lr_schedulers()) is not None:
             scheduler.step()
+        self.normalize_weights()
 
     @torch.no_grad()
     def log_step(self, out: dict, terms: dict[str, Tensor]) -> None:
         """Per example like val/*, averaged over ranks (a per-rank sum is already scaled by the ranks); the
-        objective too where it differs (a sum over the batch)."""
+        objective too where it differs (a sum over the batch). Straight to the loggers at this optimiser
+        step, and into callback_metrics (the progress bar, metrics.json): through self.log, each value
+        would cost ~0.5 ms, more than a whole step of a small model (benchmarks/speed.py)."""
         logged = {f"train/{name}": value for name, value in terms.items() if name not in ("total", "objective")}
         if self.loss.reduction == "sum":
             logged["train/objective"] = terms["objective"]
         # L0 is a loss term of some models (JumpReLU's gates), measured here for the others
-        l0 = logged.pop("train/l0") if "train/l0" in logged else (out["a"] > 0).sum(-1).float().mean()
-        self.log_dict(logged, sync_dist=True)
-        self.log_dict({"train/total": terms["total"], "train/l0": l0}, prog_bar=True, sync_dist=True)
+        if "train/l0" not in logged:
+            logged["train/l0"] = (out["a"] > 0).sum(-1).float().mean()
+        logged["train/total"] = terms["total"]
+        values = torch.stack([value.detach().float() for value in logged.values()])
+        values = self.trainer.strategy.reduce(values, reduce_op="mean")
+        logged = dict(zip(logged, values.cpu()))
         if self.sparsity_warmup:
-            self.log("train/sparsity_scale", self.sparsity_scale())
-        self.log("train/weight_norm", self.feature_directions().detach().norm())
+            logged["train/sparsity_scale"] = torch.tensor(self.sparsity_scale())
+        logged["train/weight_norm"] = self.feature_directions().detach().norm().cpu()
+        self.trainer.callback_metrics.update(logged)
+        scalars = {name: float(value) for name, value in logged.items()} | {"epoch": self.current_epoch}  # as Lightning
+        for logger in self.loggers:
+            logger.log_metrics(scalars, step=self.global_step)
 
     def validation_step(self, batch, batch_idx):
         out = self(batch[0])
@@ -116,14 +140,11 @@ class SparseCoder(pl.LightningModule):
         self.log_dict({f"val/{name}": value for name, value in terms.items() if name != "objective"}, sync_dist=True)
         return out
 
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        self.normalize_weights()
-
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
         if self.lr_decay == 0:
             return optimizer
-        total = self.trainer.estimated_stepping_batches
+        total = optimizer_steps(self.trainer)
         decay_start = (1 - self.lr_decay) * total
 
         def factor(step: int) -> float:  # constant, then linear to 0 over the last lr_decay of the steps

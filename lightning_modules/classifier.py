@@ -30,6 +30,10 @@ class MLPClassifier(pl.LightningModule):
         self.ce = nn.ModuleDict({split: MeanMetric() for split in ("val", "test")})
         self.acc = nn.ModuleDict({split: MulticlassAccuracy(n_classes, average="micro") for split in ("val", "test")})
 
+    def setup(self, stage: str) -> None:
+        if getattr(self.trainer.datamodule, "steps_per_batch", 1) != 1:
+            raise ValueError("model=classifier takes one optimiser step a batch: set data.steps_per_batch=1")
+
     def hidden(self, x: Tensor) -> Tensor:
         x = x.flatten(1)
         h = self.w_in(x)

@@ -53,11 +53,12 @@ def test_mnist_run_logs_to_wandb_offline_with_figures_and_says_only_what_matters
     for name in ("abs_corr", "weight_cosine", "firing_frequency"):
         assert (tmp_path / "figures" / f"{name}.png").is_file() and (tmp_path / "figures" / f"{name}.pdf").is_file()
     metrics = read_metrics(tmp_path)
-    assert metrics["params"] == 784 * 8 + 8 and metrics["epoch"] == 2 and metrics["global_step"] == 10
+    # 5 batches an epoch of data.steps_per_batch (10) optimiser steps each
+    assert metrics["params"] == 784 * 8 + 8 and metrics["epoch"] == 2 and metrics["global_step"] == 100
     run, config, history = wandb_run(tmp_path)
     assert run.run_group == str(tmp_path) and run.display_name  # a single run is its own group
     assert "model" in config and "hidden_dim" not in config  # the hyperparameters once, under their group
-    assert history["epoch"] == 2 and history["trainer/global_step"] == 10
+    assert history["epoch"] == 2 and history["trainer/global_step"] == 100
     # train and val terms on the same per-example scale; the optimised sum over the batch beside them
     assert abs(history["train/total"] - history["val/total"]) < 0.5 * abs(history["val/total"])
     assert history["train/objective"] != history["train/total"]
@@ -80,7 +81,8 @@ def test_progress_outside_a_terminal_is_a_plain_line_every_so_often(tmp_path):
     result = run_cli("train.py", *QUICK, "callbacks.progress.every_s=0", "trainer.limit_train_batches=3",
                      f"hydra.run.dir={tmp_path}")
     steps = [line for line in result.stdout.splitlines() if line.startswith("epoch 1/1, step ")]
-    assert [line.split(",")[1] for line in steps] == [" step 1/3 (33%)", " step 2/3 (67%)", " step 3/3 (100%)"]
+    # optimiser steps: 3 batches of 10 (data.steps_per_batch)
+    assert [line.split(",")[1] for line in steps] == [" step 10/30 (33%)", " step 20/30 (67%)", " step 30/30 (100%)"]
     assert steps[0] in (tmp_path / "train.log").read_text() and "\r" not in result.stdout + result.stderr
 
 
