@@ -72,7 +72,7 @@ def optimizer_steps(trainer) -> float:
     estimate = trainer.estimated_stepping_batches  # loads the training batches if they are not yet
     batches = trainer.train_dataloader
     per_batch = getattr(batches, "steps_per_batch", 1)
-    if per_batch == 1 or trainer.max_epochs == -1:
+    if per_batch == 1 or trainer.max_epochs in (None, -1):
         return estimate
     steps = trainer.max_epochs * min(trainer.num_training_batches * per_batch, batches.steps_per_epoch())
     return steps if trainer.max_steps == -1 else min(steps, trainer.max_steps)
