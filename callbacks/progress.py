@@ -37,7 +37,7 @@ class Progress(TQDMProgressBar):
     def get_metrics(self, trainer, pl_module):
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)  # the logger's version: the run folder says which run this is
-        return metrics | {name: f"{float(trainer.callback_metrics[name]):.3g}" for name in TRAINING
+        return metrics | {name: float(trainer.callback_metrics[name]) for name in TRAINING
                           if name in trainer.callback_metrics}
 
     def on_train_start(self, trainer, pl_module):
