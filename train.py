@@ -104,6 +104,10 @@ def make_model(cfg: DictConfig):
     return instantiate(cfg.model, loss=instantiate(cfg.loss)) if cfg.get("loss") else instantiate(cfg.model)
 
 
+def make_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+    return [instantiate(callback) for callback in cfg.callbacks.values() if callback]  # null disables one
+
+
 def checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> str | None:
     """``ckpt_path`` if given, else the run folder's own last checkpoint (a requeued job, a re-run command)."""
     if cfg.ckpt_path:
@@ -186,7 +190,7 @@ def fit(cfg: DictConfig) -> pl.Trainer | None:
         logger._wandb_init.pop("anonymous", None)  # Lightning always passes it; W&B 0.31 warns that it has no effect
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True) | {"calibration": calibrated})
-    callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback]  # null disables one
+    callbacks = make_callbacks(cfg)
     if calibrated:
         for callback in callbacks:
             if isinstance(callback, MetricsFile):

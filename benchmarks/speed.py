@@ -4,15 +4,16 @@ SAELens, each comparison timed in interleaved rounds.
     python -m benchmarks.speed [rounds=3]
 
 - mnist: 784 -> 64 latents, batch 128, on MNIST: every model, and every ablation configuration of the
-  encoder, trained by Lightning's Trainer (per-term logging, the finiteness guard, the progress
-  callback) against a bare loop over the same module, loss, Adam and data (forward, loss, backward,
-  step, the module's post-step renormalisation). Lightning runs twice: with one optimiser step a
-  batch, and with conf/data/mnist.yaml's steps_per_batch (the framework as configured). Lightning's
-  loop alone fits a module whose training step does nothing (EmptyStep) on the same batches with the
-  same callbacks, one step a batch: a floor on what Lightning adds to a batch (the bare loop gathers
-  its batch too), and bare / (bare + empty) a bound on the speed vs bare that a step of this bare cost
-  can reach at one step a batch. Both loops gather batches with index_select, which is timed against
-  plain indexing as well.
+  encoder, trained by the Trainer train.py builds from conf/ (its profiler, every callback of
+  conf/callbacks/default.yaml, per-term logging to a CSV file, the finiteness guard) against a bare
+  loop over the same module, loss, Adam and data (forward, loss, backward, step, the module's
+  post-step renormalisation). Lightning runs twice: with one optimiser step a batch, and with
+  conf/data/mnist.yaml's steps_per_batch (the framework as configured). Lightning's loop alone fits a
+  module whose training step does nothing (EmptyStep) on the same batches with the same Trainer and
+  the callbacks that do not read a code, one step a batch: a floor on what Lightning adds to a batch
+  (the bare loop gathers its batch too), and bare / (bare + empty) a bound on the speed vs bare that a
+  step of this bare cost can reach at one step a batch. Both loops gather batches with index_select,
+  which is timed against plain indexing as well.
 - lm: 512 -> 4096 latents, batch 4096, on Gaussian data: the ReLU SAE with decoder-norm-weighted L1 and
   the TopK SAE (k 32), gradient clipping at 1.0, Lightning against the bare loop, against SAELens's
   training step on the same SAE (its `training_forward_pass`, backward, clipping and Adam), and the
@@ -35,18 +36,24 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
-from callbacks.progress import Progress
 from datamodules.gaussian_mixture import GaussianMixtureDataModule
 from datamodules.mnist import MNISTDataModule
 from lightning_modules.encoder import DecoderFreeEncoder
 from lightning_modules.losses import CompositeLoss
 from lightning_modules.sae import (BatchTopKSAE, GatedSAE, JumpReLUSAE, MatryoshkaSAE, SparseAutoencoder,
                                    TopKSAE)
+from train import make_callbacks
+
+CONF = Path(__file__).parents[1] / "conf"
 
 logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
 logging.getLogger("callbacks.progress").setLevel(logging.ERROR)
+# the untimed end-of-fit read-out warns that its 1000 train examples are fewer than the LM latents
+logging.getLogger("callbacks.final_evaluation").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore")
 
 ABLATION = {"lse": {"lse": 1}, "lse_var": {"lse": 1, "variance": 1}, "lse_var_tc": {"lse": 1, "variance": 1,
@@ -117,14 +124,26 @@ class Clock(pl.Callback):
         self.seconds_per_step = (time.perf_counter() - self.start) / (trainer.global_step - self.first_step)
 
 
-def lightning(module, data, steps: int, warmup: int, clip: float | None = None) -> float:
-    """Seconds for steps - warmup steps of Lightning's fit, at the data's steps_per_batch."""
-    clock = Clock(warmup)
+def framework(folder: str, overrides: tuple[str, ...] = ()) -> DictConfig:
+    """train.py's configuration from conf/ (the trainer with its profiler, and the callbacks), for a fit in
+    ``folder`` whose steps are timed: the CSV logger, no validation, and the writes that happen between
+    steps in a real run (checkpoints) or at its end (figures, probes) kept out of the timing or cheap."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("train", overrides=[
+            f"paths.output_dir={folder}", "logger=csv", "trainer.max_epochs=-1", "trainer.limit_val_batches=0",
+            "checkpoint.every_n_steps=1000000000", "+callbacks.checkpoint.every_n_epochs=1000000",
+            "callbacks.unit_metrics.label=benchmark", "callbacks.unit_metrics.figures=false",
+            "callbacks.final_evaluation.probe=false", "callbacks.final_evaluation.max_examples=1000", *overrides])
+
+
+def lightning(module, data, steps: int, warmup: int, clip: float | None = None,
+              overrides: tuple[str, ...] = ()) -> float:
+    """Seconds for steps - warmup steps of train.py's Trainer and callbacks, at the data's steps_per_batch."""
+    clock = Clock(warmup)  # first, so that the clock stops before the end-of-fit read-outs
     module.gradient_clip_val = clip
     with tempfile.TemporaryDirectory() as folder:
-        trainer = pl.Trainer(max_epochs=-1, max_steps=steps, limit_val_batches=0, num_sanity_val_steps=0,
-                             logger=False, enable_checkpointing=False, enable_model_summary=False,
-                             callbacks=[clock, Progress()], default_root_dir=folder)
+        cfg = framework(folder, (f"+trainer.max_steps={steps}", *overrides))
+        trainer = instantiate(cfg.trainer, callbacks=[clock, *make_callbacks(cfg)], logger=instantiate(cfg.logger))
         trainer.fit(module, datamodule=data)
     return clock.seconds_per_step * (steps - warmup)
 
@@ -146,7 +165,9 @@ class EmptyStep(pl.LightningModule):
 
 
 def empty(module, data, steps: int, warmup: int, clip: float | None = None) -> float:
-    return lightning(EmptyStep(), data, steps, warmup)
+    """The same Trainer, without the callbacks that read a sparse code (EmptyStep has none)."""
+    return lightning(EmptyStep(), data, steps, warmup, overrides=("~callbacks.unit_metrics",
+                                                                  "~callbacks.final_evaluation"))
 
 
 def saelens(module, data, steps: int, warmup: int, clip: float | None = None) -> float:
@@ -229,7 +250,7 @@ def main(rounds: int) -> dict:
 
     mnist = MNISTDataModule(input_dim=784, batch_size=128, eval_batch_size=5000, seed=0)
     mnist.setup("fit")
-    per_batch = OmegaConf.load(Path(__file__).parents[1] / "conf/data/mnist.yaml").steps_per_batch
+    per_batch = OmegaConf.load(CONF / "data/mnist.yaml").steps_per_batch
     grouped = MNISTDataModule(input_dim=784, batch_size=128, eval_batch_size=5000, seed=0, steps_per_batch=per_batch)
     grouped.setup("fit")
     variants = {"bare": bare, "lightning": lightning, "empty": empty,
