@@ -27,6 +27,7 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 import calibration
+from allocator import reuse_freed_memory
 from activations.language_model import hidden_size
 from callbacks.metrics_file import MetricsFile, write_json
 from callbacks.progress import duration
@@ -166,6 +167,8 @@ def fit(cfg: DictConfig) -> pl.Trainer | None:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
+    if cfg.reuse_freed_memory:
+        reuse_freed_memory()
     try:
         ckpt_path = checkpoint_to_resume(cfg, run_dir)
         datamodule, model = build(cfg)
