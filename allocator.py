@@ -8,12 +8,13 @@ this is the same for glibc from inside the process, without a restart."""
 import ctypes
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from <malloc.h>
+LARGEST_HEAP_BLOCK = 2**30  # larger blocks still get a mapping of their own
 
 
-def reuse_freed_memory(largest_block: int = 2**30) -> bool:
-    """Blocks up to ``largest_block`` bytes come from the heap, and up to twice that of free memory at its top
-    is kept; returns whether the C library took it (False where it is not glibc)."""
+def reuse_freed_memory() -> bool:
+    """Blocks up to LARGEST_HEAP_BLOCK come from the heap, which keeps up to twice that free at its top;
+    returns whether the C library took it (False where it is not glibc)."""
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # the C library the process runs on
     if mallopt is None:
         return False
-    return bool(mallopt(M_MMAP_THRESHOLD, largest_block)) and bool(mallopt(M_TRIM_THRESHOLD, 2 * largest_block))
+    return bool(mallopt(M_MMAP_THRESHOLD, LARGEST_HEAP_BLOCK) and mallopt(M_TRIM_THRESHOLD, 2 * LARGEST_HEAP_BLOCK))

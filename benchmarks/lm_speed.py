@@ -27,6 +27,7 @@ import torch
 
 from activations.cache import ActivationCache
 from activations.harvest import harvest
+from allocator import reuse_freed_memory
 from benchmarks.speed import Clock
 from datamodules.lm_activations import ActivationDataModule
 from datamodules.tensor_batches import TensorBatches
@@ -89,6 +90,7 @@ def bare_seconds(x: torch.Tensor) -> float:
 
 def main() -> None:
     load = os.getloadavg()[0]
+    reuse_freed_memory()  # as train.py does
     with tempfile.TemporaryDirectory() as root:
         tokens = {"train": STEPS * BATCH + BATCH, "val": 512, "test": 512}
         train_dm = ActivationDataModule(model="minilm", layer=3, input_dim=384, max_tokens=tokens, cache_dir=root,

@@ -18,7 +18,10 @@ SAELens, each comparison timed in interleaved rounds.
   the TopK SAE (k 32), gradient clipping at 1.0, Lightning against the bare loop, against SAELens's
   training step on the same SAE (its `training_forward_pass`, backward, clipping and Adam), and the
   Lightning step's FLOP rate (the matmuls it really runs: step_flops) against this machine's fp32 matmul
-  rate on the step's shape, timed in the same interleaved rounds (the best round's).
+  rate on the step's shape, timed in the same interleaved rounds (the best round's). Every variant runs
+  with train.py's allocator setting (allocator.py).
+- allocator: the same bare loops in new processes, with train.py's allocator setting and with glibc's
+  default, where each of the step's 64 MB tensors gets fresh pages from the kernel.
 
 Every ratio is a ratio of speeds (steps/s over the reference's steps/s): higher is better, 1.0 is
 parity; the median over rounds of the ratio within each round. The last line is one JSON object.
@@ -28,6 +31,7 @@ import json
 import logging
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +44,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from allocator import reuse_freed_memory
 from datamodules.gaussian_mixture import GaussianMixtureDataModule
 from datamodules.mnist import MNISTDataModule
 from lightning_modules.encoder import DecoderFreeEncoder
@@ -198,6 +203,37 @@ def saelens(module, data, steps: int, warmup: int, clip: float | None = None) ->
     return time.perf_counter() - start
 
 
+ALLOCATOR_CHILD = """
+import json, torch
+from allocator import reuse_freed_memory
+from benchmarks.speed import LM_MODELS, bare, lm_data
+if {reuse}:
+    reuse_freed_memory()
+data, seconds = lm_data({d}, {batch}), {{}}
+for name, build in LM_MODELS.items():
+    torch.manual_seed(0)
+    seconds[name] = bare(build({d}, {h}), data, {steps}, {warmup}, clip=1.0) / ({steps} - {warmup})
+print(json.dumps(seconds))
+"""
+
+
+def bare_in_new_process(reuse: bool, d: int, h: int, batch: int, steps: int, warmup: int) -> dict[str, float]:
+    """Seconds a step of the bare loop of each LM model, in a new process with or without train.py's allocator
+    setting. A process that has run anything big holds freed heap memory, which glibc hands out before it
+    consults its mmap threshold: only a new process shows the default."""
+    code = ALLOCATOR_CHILD.format(reuse=reuse, d=d, h=h, batch=batch, steps=steps, warmup=warmup)
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           cwd=Path(__file__).parents[1])
+    return json.loads(child.stdout.splitlines()[-1])
+
+
+def lm_data(d: int, batch: int) -> GaussianMixtureDataModule:
+    data = GaussianMixtureDataModule(input_dim=d, n_train=8 * batch, n_val=batch, n_test=batch, batch_size=batch,
+                                     eval_batch_size=batch, seed=0)
+    data.setup("fit")
+    return data
+
+
 def matmul(module, data, steps: int, warmup: int, clip: float | None = None) -> float:
     """Seconds for steps - warmup fp32 matmuls of the step's largest shape alone, x [batch, d] @ W [d, h]:
     the machine's matmul rate, timed in the same rounds as the steps."""
@@ -245,6 +281,7 @@ def speed_ratio(times: dict, variant: str, reference: str) -> float:
 
 def main(rounds: int) -> dict:
     results, started = {}, time.perf_counter()
+    reuse_freed_memory()  # as train.py does
     print(f"torch {torch.__version__}, lightning {pl.__version__}, {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores before the run")
 
@@ -279,9 +316,7 @@ def main(rounds: int) -> dict:
           f"{results['mnist_gather_vs_indexing']:.2f}x")
 
     d, h, batch = 512, 4096, 4096
-    lm = GaussianMixtureDataModule(input_dim=d, n_train=8 * batch, n_val=batch, n_test=batch, batch_size=batch,
-                                   eval_batch_size=batch, seed=0)
-    lm.setup("fit")
+    lm = lm_data(d, batch)
     print(f"\nlm: {d} -> {h}, batch {batch}, clip 1.0; s/step, speeds vs the bare loop and vs SAELens")
     print(f"{'model':16s} {'bare s':>7s} {'Lightning s':>12s} {'SAELens s':>10s} {'vs bare':>8s} "
           f"{'vs SAELens':>11s} {'GEMM %':>7s}")
@@ -300,8 +335,21 @@ def main(rounds: int) -> dict:
     results["lm_vs_bare"] = min(results["lm_sae_vs_bare"], results["lm_topk_vs_bare"])
     results["lm_vs_saelens"] = min(results["lm_sae_vs_saelens"], results["lm_topk_vs_saelens"])
     results["lm_gemm_fraction"] = results["lm_sae_gemm_fraction"]
-    print(f"fp32 matmul peak, [{batch}, {d}] @ [{d}, {h}] alone, best round: {max(peaks) / 1e9:.0f} GFLOP/s; "
-          f"{time.perf_counter() - started:.0f} s in all")
+    print(f"fp32 matmul peak, [{batch}, {d}] @ [{d}, {h}] alone, best round: {max(peaks) / 1e9:.0f} GFLOP/s")
+
+    print(f"\nallocator: the bare loop at {d} -> {h} in new processes, train.py's reuse_freed_memory (allocator.py) "
+          f"against glibc's default; s/step")
+    print(f"{'model':16s} {'glibc default s':>16s} {'reuse s':>8s} {'reuse vs default':>17s}")
+    runs = {"default": [], "reuse": []}
+    for _ in range(rounds):
+        for variant in runs:
+            runs[variant].append(bare_in_new_process(variant == "reuse", d, h, batch, 6, 2))
+    for name in LM_MODELS:
+        times = {variant: [seconds[name] for seconds in runs[variant]] for variant in runs}
+        key = f"lm_{name.split()[0]}_reuse_vs_glibc_default"
+        results[key] = round(speed_ratio(times, "reuse", "default"), 3)
+        print(f"{name:16s} {min(times['default']):16.3f} {min(times['reuse']):8.3f} {results[key]:16.2f}x")
+    print(f"{time.perf_counter() - started:.0f} s in all")
     return results
 
 
