@@ -45,33 +45,20 @@ class MNISTDataModule(TensorDataModule):
         if self.input_dim != 784:
             raise ValueError(f"MNIST has input_dim 784, got data.input_dim={self.input_dim}")
         self.data_dir = Path(data_dir) if data_dir else BUNDLED_DIR
-        for name, path in zip(MD5, self.files()):
+        for name in MD5:
+            path = self.data_dir / f"{name}.gz"
             if not path.is_file():
                 raise FileNotFoundError(f"MNIST file missing: {path} (expected md5 {MD5[name]} after gunzip)")
         self.val_size = val_size
 
-    def load(self):
-        stamps = tuple((stat.st_size, stat.st_mtime_ns) for stat in (path.stat() for path in self.files()))
-        return splits(self.data_dir, self.val_size, self.seed, stamps)
-
-    def files(self) -> list[Path]:
-        return [self.data_dir / f"{name}.gz" for name in MD5]
-
     def read_split(self, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return read_split(self.data_dir, prefix)
+        """``train`` or ``t10k``: flattened images in [0, 1] and labels."""
+        images = read_idx(self.data_dir / f"{prefix}-images-idx3-ubyte.gz", MD5[f"{prefix}-images-idx3-ubyte"])
+        labels = read_idx(self.data_dir / f"{prefix}-labels-idx1-ubyte.gz", MD5[f"{prefix}-labels-idx1-ubyte"])
+        x = images.reshape(len(images), -1).astype(np.float32)
+        x /= 255.0  # in place: a second 188 MB array costs more than the division
+        return torch.from_numpy(x), torch.from_numpy(labels.astype(np.int64))
 
-
-@functools.lru_cache(maxsize=1)  # a sweep's jobs in one process share the last split (no job writes to it)
-def splits(data_dir: Path, val_size: int, seed: int, stamps: tuple) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The seeded train/val split and the test split; ``stamps`` (the files' sizes and times) reload changed files."""
-    train, val = seeded_split(*read_split(data_dir, "train"), val_size, seed)
-    return {"train": train, "val": val, "test": read_split(data_dir, "t10k")}
-
-
-def read_split(data_dir: Path, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``train`` or ``t10k``: flattened images in [0, 1] and labels."""
-    images = read_idx(data_dir / f"{prefix}-images-idx3-ubyte.gz", MD5[f"{prefix}-images-idx3-ubyte"])
-    labels = read_idx(data_dir / f"{prefix}-labels-idx1-ubyte.gz", MD5[f"{prefix}-labels-idx1-ubyte"])
-    x = images.reshape(len(images), -1).astype(np.float32)
-    x /= 255.0  # in place: a second 188 MB array costs more in page faults than the division
-    return torch.from_numpy(x), torch.from_numpy(labels.astype(np.int64))
+    def load(self):
+        train, val = seeded_split(*self.read_split("train"), self.val_size, self.seed)
+        return {"train": train, "val": val, "test": self.read_split("t10k")}

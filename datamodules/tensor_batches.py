@@ -67,9 +67,9 @@ class TensorDataModule(pl.LightningDataModule):
         if self.normalize == "standardize":
             scale = x_train.std(dim=0).clamp_min(1e-3)  # constant border pixels would divide by 0
         self.shift, self.scale = shift, scale
-        if self.normalize != "none":
+        if self.normalize != "none":  # else the loaded tensors as they are, not a copy of each
             splits = {name: ((x - shift) / scale, y) for name, (x, y) in splits.items()}
-        self.splits = dict(splits)
+        self.splits = splits
 
     def inverse(self, x: Tensor) -> Tensor:
         """Back from the normalised space the model sees to the data's own units."""

@@ -154,15 +154,3 @@ def test_shard_batches_on_two_ranks_split_the_batches_of_one_process_at_twice_th
     assert len(ranks[0]) == len(ranks[1]) == len(shard_batches(8, 0, 2))
     for whole, part0, part1 in zip(one, *ranks, strict=True):
         assert len(part0) == len(part1) and set(part0.tolist()) | set(part1.tolist()) <= set(whole.tolist())
-
-
-def test_datamodules_in_one_process_share_the_split_until_a_file_changes(tmp_path):
-    for path in BUNDLED_DIR.glob("*.gz"):
-        shutil.copy(path, tmp_path / path.name)
-    first, second = (MNISTDataModule(data_dir=str(tmp_path), input_dim=784, seed=0) for _ in range(2))
-    first.setup(), second.setup()
-    assert second.splits["train"][0] is first.splits["train"][0]  # a sweep's next job reads and copies nothing
-    corrupt = tmp_path / "train-labels-idx1-ubyte.gz"
-    corrupt.write_bytes(gzip.compress(gzip.decompress(corrupt.read_bytes())[:-1] + b"\x07"))
-    with pytest.raises(ValueError, match=f"{corrupt}.*expected a25bea736e30d166cdddb491f175f624"):
-        MNISTDataModule(data_dir=str(tmp_path), input_dim=784, seed=0).setup()

@@ -53,7 +53,8 @@ def test_every_documented_override_composes(override):
 
 
 def test_the_documented_training_options_run_together(tmp_path):
-    options = ["data.normalize=none", "loss.bounded_variance=true", "model.unit_norm_rows=true", "torch_threads=1"]
+    options = ["data.normalize=none", "loss.bounded_variance=true", "model.unit_norm_rows=true", "torch_threads=1",
+               "reuse_freed_memory=false"]
     assert set(options) <= set(OVERRIDES)
     run_cli("train.py", *QUICK, *options, f"hydra.run.dir={tmp_path}")
     assert read_metrics(tmp_path)["status"] == "finished"
