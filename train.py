@@ -27,8 +27,8 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 import calibration
-from allocator import reuse_freed_memory
 from activations.language_model import hidden_size
+from allocator import reuse_freed_memory
 from callbacks.metrics_file import MetricsFile, write_json
 from callbacks.progress import duration
 from callbacks.stopwatch import Stopwatch, share_line
