@@ -122,6 +122,31 @@ def test_gradient_clip_val_bounds_the_global_norm_of_each_step_s_gradient(tmp_pa
     assert len(clipped) == 20 and max(clipped) <= 0.5 + 1e-5
 
 
+def test_steps_without_lightning_s_hooks_train_as_the_steps_with_them(tmp_path):
+    """Where no callback overrides a backward or step hook, the step skips Lightning's wrappers (base.py):
+    the same parameters, optimiser steps and scheduler steps."""
+    class AfterBackward(pl.Callback):
+        def on_after_backward(self, trainer, pl_module):
+            pass
+
+    def fit(callbacks):
+        torch.manual_seed(0)
+        model = SparseAutoencoder(32, 48, CompositeLoss(MSE_L1), gradient_clip_val=0.5, lr_decay=0.5)
+        trainer = pl.Trainer(max_steps=25, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, limit_val_batches=0, callbacks=callbacks,
+                             default_root_dir=tmp_path)
+        trainer.fit(model, datamodule=GaussianMixtureDataModule(input_dim=32, batch_size=64, steps_per_batch=4))
+        return model, trainer
+
+    plain, plain_trainer = fit([])
+    hooked, hooked_trainer = fit([AfterBackward()])
+    assert plain.plain_steps and not hooked.plain_steps
+    assert plain_trainer.global_step == hooked_trainer.global_step == 25
+    for (name, mine), theirs in zip(plain.state_dict().items(), hooked.state_dict().values()):
+        assert torch.equal(mine, theirs), name
+    assert plain.lr_schedulers().last_epoch == hooked.lr_schedulers().last_epoch == 25
+
+
 @pytest.mark.parametrize("build, message", [
     (lambda: DecoderFreeEncoder(10, 24, CompositeLoss({"mse": 1.0, "lse": 1.0})), "needs \\['x_hat'\\]"),
     (lambda: TopKSAE(10, 24, CompositeLoss({"mse": 1.0}), k=25), "model.k must be in"),
