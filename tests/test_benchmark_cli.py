@@ -27,7 +27,7 @@ def test_benchmark_sweep_and_analysis_end_to_end(tmp_path):
     (tmp_path / "conf" / "experiment" / "benchmark_tiny.yaml").write_text(TINY_BENCHMARK)
     sweep = tmp_path / "sweep"
     run_cli("train.py", "-m", "--config-dir", str(tmp_path / "conf"), "experiment=benchmark_tiny", *QUICK,
-            "model.hidden_dim=16", "trainer.limit_train_batches=4", f"hydra.sweep.dir={sweep}")
+            "model.hidden_dim=16", "trainer.limit_train_batches=2", f"hydra.sweep.dir={sweep}")
     runs = sorted(p for p in sweep.iterdir() if p.name.isdigit())
     assert len(runs) == 8
     metrics = [read_metrics(run) for run in runs]

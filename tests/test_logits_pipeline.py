@@ -11,7 +11,7 @@ from datamodules.mnist import MNISTDataModule
 from lightning_modules.classifier import MLPClassifier
 
 TINY = ["logger=csv", "trainer.max_epochs=1", "calibrate.num=3", "calibrate.refine_steps=1",
-        "calibrate.lambda_min=0.1", "trainer.limit_train_batches=60", "callbacks.unit_metrics.figures=false"]
+        "calibrate.lambda_min=0.1", "trainer.limit_train_batches=30", "callbacks.unit_metrics.figures=false"]
 
 
 @pytest.fixture(scope="module")

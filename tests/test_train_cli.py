@@ -59,12 +59,12 @@ def test_mnist_run_logs_to_wandb_offline_with_figures_and_says_only_what_matters
     for name in ("abs_corr", "weight_cosine", "firing_frequency"):
         assert (tmp_path / "figures" / f"{name}.png").is_file() and (tmp_path / "figures" / f"{name}.pdf").is_file()
     metrics = read_metrics(tmp_path)
-    # 5 batches an epoch of data.steps_per_batch (10) optimiser steps each
-    assert metrics["params"] == 784 * 8 + 8 and metrics["epoch"] == 2 and metrics["global_step"] == 100
+    # 5 batches an epoch of data.steps_per_batch (20) optimiser steps each
+    assert metrics["params"] == 784 * 8 + 8 and metrics["epoch"] == 2 and metrics["global_step"] == 200
     run, config, history = wandb_run(tmp_path)
     assert run.run_group == str(tmp_path) and run.display_name  # a single run is its own group
     assert "model" in config and "hidden_dim" not in config  # the hyperparameters once, under their group
-    assert history["epoch"] == 2 and history["trainer/global_step"] == 100
+    assert history["epoch"] == 2 and history["trainer/global_step"] == 200
     # train and val terms on the same per-example scale; the optimised sum over the batch beside them
     assert abs(history["train/total"] - history["val/total"]) < 0.5 * abs(history["val/total"])
     assert history["train/objective"] != history["train/total"]
@@ -89,9 +89,9 @@ def test_mnist_run_logs_to_wandb_offline_with_figures_and_says_only_what_matters
 
 def test_progress_outside_a_terminal_is_a_plain_line_every_so_often(tmp_path):
     result = run_cli("train.py", *QUICK, "callbacks.progress.every_s=0", "trainer.limit_train_batches=3",
-                     f"hydra.run.dir={tmp_path}")
+                     "data.steps_per_batch=10", f"hydra.run.dir={tmp_path}")
     steps = [line for line in result.stdout.splitlines() if line.startswith("epoch 1/1, step ")]
-    # optimiser steps: 3 batches of 10 (data.steps_per_batch)
+    # optimiser steps: 3 batches of 10
     assert [line.split(",")[1] for line in steps] == [" step 10/30 (33%)", " step 20/30 (67%)", " step 30/30 (100%)"]
     assert steps[0] in (tmp_path / "train.log").read_text() and "\r" not in result.stdout + result.stderr
 
@@ -172,7 +172,7 @@ def test_nothing_is_profiled_unless_asked_and_simple_reports_in_the_log(tmp_path
 
 def test_every_model_trains_through_train_py_and_logs_its_terms_and_l0(tmp_path):
     models = sorted(path.stem for path in (ROOT / "conf" / "model").glob("*.yaml") if path.stem != "classifier")
-    run_cli("train.py", "-m", f"model={','.join(models)}", *QUICK, "logger=none", "trainer.limit_train_batches=4",
+    run_cli("train.py", "-m", f"model={','.join(models)}", *QUICK, "logger=none", "trainer.limit_train_batches=2",
             "trainer.log_every_n_steps=2", "callbacks.final_evaluation.probe=false", f"hydra.sweep.dir={tmp_path}")
     for job, model in enumerate(models):
         metrics = read_metrics(tmp_path / str(job))
