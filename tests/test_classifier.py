@@ -55,6 +55,7 @@ def test_sweep_tests_the_best_checkpoint_which_reloads(sweep_dir):
     for run in runs:
         metrics = read_metrics(run)
         assert metrics["status"] == "finished" and metrics["test/acc"] > 0.5
+        assert {p.name for p in (run / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}  # last resumes
         model = MLPClassifier.load_from_checkpoint(run / "checkpoints" / "best.ckpt")
         assert model.hparams.hidden_dim == 64
         with torch.no_grad():  # the reloaded weights reproduce every number metrics.json reports
