@@ -1,19 +1,48 @@
 """Where a run's wall time goes. This callback times what happens inside fit: the training steps (from
-a batch's start to its end: forward, backward, optimiser, per-step hooks) and the validation loops, and
-marks fit's start and training's end. train.py adds the marks around it (the job's start, fit's return,
-the logger's finish) and writes the seconds per phase into metrics.json (``time``)."""
+a batch's start to its end: forward, backward, optimiser, per-step hooks), the validation loops and every
+checkpoint write, and marks fit's start and training's end; the per-run figures report their own time
+(``charge``). train.py adds the marks around fit (the job's start, fit's return, the logger's finish) and
+writes the seconds per phase into metrics.json (``time``)."""
 import time
 
 import psutil
 import pytorch_lightning as pl
+from lightning_fabric.plugins import CheckpointIO
 
-PHASES = ("start_up", "training_steps", "validation", "between_steps", "end_of_fit", "finish")
+PHASES = ("start_up", "training_steps", "validation", "checkpoints", "between_steps", "end_of_fit", "figures",
+          "finish")
+
+
+class TimedCheckpointIO(CheckpointIO):
+    """The strategy's own checkpoint writer, adding the seconds each save takes (serialising and writing)
+    to ``seconds["checkpoints"]``."""
+
+    def __init__(self, inner: CheckpointIO, seconds: dict[str, float]):
+        self.inner, self.seconds = inner, seconds
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        started = time.perf_counter()
+        self.inner.save_checkpoint(checkpoint, path, storage_options)
+        self.seconds["checkpoints"] += time.perf_counter() - started
+
+    def load_checkpoint(self, *args, **kwargs):
+        return self.inner.load_checkpoint(*args, **kwargs)
+
+    def remove_checkpoint(self, path) -> None:
+        self.inner.remove_checkpoint(path)
+
+    def teardown(self) -> None:
+        self.inner.teardown()
 
 
 class Stopwatch(pl.Callback):
     def __init__(self):
-        self.seconds = {"training_steps": 0.0, "validation": 0.0}
+        self.seconds = {"training_steps": 0.0, "validation": 0.0, "checkpoints": 0.0, "figures": 0.0}
         self.marks: dict[str, float] = {}
+
+    def setup(self, trainer, pl_module, stage):
+        if not isinstance(trainer.strategy.checkpoint_io, TimedCheckpointIO):  # once, though fit and test both call
+            trainer.strategy.checkpoint_io = TimedCheckpointIO(trainer.strategy.checkpoint_io, self.seconds)
 
     def on_fit_start(self, trainer, pl_module):
         self.marks["fit_start"] = time.time()
@@ -32,17 +61,27 @@ class Stopwatch(pl.Callback):
 
     def on_train_end(self, trainer, pl_module):
         self.marks["train_end"] = time.time()
+        self.checkpoints_in_training = self.seconds["checkpoints"]
 
     def shares(self, job_start: float, fit_end: float, end: float, first_job: bool) -> dict[str, float]:
         """Seconds per phase and their total. Start-up runs from the process's start for the first job of a
-        process (imports included), else from the job's; between_steps is the rest of fit (fetching
-        batches, checkpoints, epoch ends)."""
+        process (imports included), else from the job's; between_steps is the rest of training (fetching
+        batches, epoch ends), end_of_fit what follows it (read-outs, probes, unit statistics) less the figures
+        and checkpoints."""
         started = psutil.Process().create_time() if first_job else job_start
-        seconds = {"start_up": self.marks["fit_start"] - started, **self.seconds,
-                   "end_of_fit": fit_end - self.marks["train_end"], "finish": end - fit_end}
-        seconds["between_steps"] = (self.marks["train_end"] - self.marks["fit_start"]
-                                    - self.seconds["training_steps"] - self.seconds["validation"])
+        seconds = {"start_up": self.marks["fit_start"] - started, **self.seconds, "finish": end - fit_end}
+        seconds["between_steps"] = (self.marks["train_end"] - self.marks["fit_start"] - self.seconds["training_steps"]
+                                    - self.seconds["validation"] - self.checkpoints_in_training)
+        seconds["end_of_fit"] = (fit_end - self.marks["train_end"] - self.seconds["figures"]
+                                 - (self.seconds["checkpoints"] - self.checkpoints_in_training))
         return {name: round(seconds[name], 3) for name in PHASES} | {"total": round(end - started, 3)}
+
+
+def charge(trainer, phase: str, seconds: float) -> None:
+    """Count work done after training (the per-run figures) as its own phase, out of end_of_fit."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, Stopwatch):
+            callback.seconds[phase] += seconds
 
 
 def share_line(seconds: dict[str, float]) -> str:

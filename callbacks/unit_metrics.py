@@ -1,5 +1,6 @@
 """Dead units, redundancy, responsibilities and feature usage on the validation set, logged at the
 end of each validation epoch; per-run figures and arrays at the end of fit."""
+import time
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 
 from callbacks.metrics_file import MetricsFile
+from callbacks.stopwatch import charge
 from callbacks.unit_statistics import UnitStatistics
 from evaluation.plots import save_figure, unit_figures
 
@@ -60,6 +62,7 @@ class UnitMetrics(pl.Callback):
         np.savez(self.output_dir / "unit_stats.npz", directions=directions, **self.arrays)
         if not self.figures:
             return
+        started = time.perf_counter()
         figures = unit_figures(self.arrays["corr"], directions, self.arrays["firing_frequency"],
                                self.arrays["active_counts"], f"{self.label} ({self.output_dir})")
         for name, figure in figures.items():
@@ -67,3 +70,4 @@ class UnitMetrics(pl.Callback):
                 for logger in trainer.loggers:
                     if isinstance(logger, WandbLogger) and path.suffix == ".png":
                         logger.log_image(key=f"figures/{name}", images=[str(path)])
+        charge(trainer, "figures", time.perf_counter() - started)

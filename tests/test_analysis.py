@@ -189,11 +189,14 @@ def test_time_shares_of_a_sweep_add_its_runs_phases(sweep, tmp_path):
     folder = copy_of(sweep, tmp_path)
     times = [json.loads((folder / job / "metrics.json").read_text())["time"] for job in ("0", "1")]
     assert times[0]["start_up"] > times[1]["start_up"]  # the process's first job pays the imports
+    older = {name: value for name, value in times[1].items() if name not in ("checkpoints", "figures")}
+    set_metrics(folder / "1", time=older)  # timed before checkpoints and figures had phases of their own
     result = run_cli("-m", "analysis.time", f"dir={folder}")
     assert (folder / "analysis" / "time.png").stat().st_size > 0 and (folder / "analysis" / "time.pdf").is_file()
     table = (folder / "analysis" / "time.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith(("| 0: ", "| 1: "))]
     assert [row.split(" |")[0] for row in rows] == ["| 0: loss=lse", "| 1: loss=lse_var_tc"]  # what differs
+    assert rows[0].split(" | ")[5] == f"{times[0]['checkpoints']:.1f}" and rows[1].split(" | ")[5] == "0.0"
     total = sum(seconds["total"] for seconds in times)
     training = sum(seconds["training_steps"] for seconds in times)
     assert f"summed over 2 runs, {total:.0f} s: start up " in result.stdout
