@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("WANDB_SILENT", "true")
 warnings.filterwarnings("ignore", message=r".*`srun` command is available on your system")  # local runs on a SLURM host
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning's own deprecation
+# Lightning compares log_every_n_steps with its batches; the model logs every n optimiser steps, many to a batch
+warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval")
 logging.captureWarnings(True)  # the warnings that remain go to train.log too
 HEADLINE = ("val/total", "l0", "dead_fraction", "fvu", "probe_acc", "val/ce", "val/acc", "test/ce", "test/acc",
             "delta_acc_logits", "downstream_recovered")

@@ -95,6 +95,7 @@ def test_progress_outside_a_terminal_is_a_plain_line_every_so_often(tmp_path):
     # optimiser steps: 3 batches of 10
     assert [line.split(",")[1] for line in steps] == [" step 10/30 (33%)", " step 20/30 (67%)", " step 30/30 (100%)"]
     assert steps[0] in (tmp_path / "train.log").read_text() and "\r" not in result.stdout + result.stderr
+    assert "logging interval" not in result.stdout + result.stderr  # fewer batches than log_every_n_steps: no warning
 
 
 def test_theorem_command_prints_exact_agreement(tmp_path):
