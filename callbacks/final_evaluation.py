@@ -26,7 +26,8 @@ class FinalEvaluation(pl.Callback):
         self.initial_state = state_dict["initial_state"]
 
     def on_fit_start(self, trainer, pl_module):
-        if self.initial_state is None:  # on resume, the checkpoint restored it before this hook
+        # only the probe reads it: at LM width a copy of the weights would sit in memory and in every checkpoint
+        if self.probe and self.initial_state is None:  # on resume, the checkpoint restored it before this hook
             self.initial_state = copy.deepcopy(pl_module.state_dict())
 
     @torch.no_grad()

@@ -56,3 +56,15 @@ def test_final_evaluation_of_the_decoder_free_encoder(tmp_path):
     with open(trainer.logger.log_dir + "/metrics.csv") as file:
         logged = [row for row in csv.DictReader(file) if row["probe_acc"]]
     assert float(logged[-1]["probe_acc"]) == pytest.approx(values["probe_acc"])
+
+
+def test_without_the_probe_no_copy_of_the_initial_weights_is_kept_or_checkpointed(tmp_path):
+    data = GaussianMixtureDataModule(input_dim=8, n_train=256, n_val=64, n_test=64, batch_size=64)
+    evaluation = FinalEvaluation(probe=False)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         num_sanity_val_steps=0, callbacks=[evaluation])
+    trainer.fit(DecoderFreeEncoder(8, 16, CompositeLoss({"lse": 1})), datamodule=data)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)["callbacks"]
+    assert evaluation.initial_state is None and [state["initial_state"] for state in saved.values()] == [None]
+    assert "probe_acc" not in trainer.callback_metrics and "fvu" in trainer.callback_metrics
