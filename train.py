@@ -31,7 +31,7 @@ from activations.language_model import hidden_size
 from allocator import reuse_freed_memory
 from callbacks.metrics_file import MetricsFile, write_json
 from callbacks.progress import duration
-from callbacks.stopwatch import Stopwatch, share_line
+from callbacks.stopwatch import share_line, stopwatch_of
 from lightning_modules.base import NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def report_end(trainer: pl.Trainer, run_dir: Path, seconds: float) -> None:
 
 def record_time(trainer: pl.Trainer, run_dir: Path, job_start: float, fit_end: float, first_job: bool) -> None:
     """The run's wall time by phase (callbacks/stopwatch.py), into metrics.json and as the last line."""
-    stopwatch = next((callback for callback in trainer.callbacks if isinstance(callback, Stopwatch)), None)
+    stopwatch = stopwatch_of(trainer)
     path = run_dir / "metrics.json"
     if stopwatch is None or "train_end" not in stopwatch.marks or not path.is_file():
         return

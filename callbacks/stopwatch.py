@@ -77,11 +77,14 @@ class Stopwatch(pl.Callback):
         return {name: round(seconds[name], 3) for name in PHASES} | {"total": round(end - started, 3)}
 
 
+def stopwatch_of(trainer) -> Stopwatch | None:
+    return next((callback for callback in trainer.callbacks if isinstance(callback, Stopwatch)), None)
+
+
 def charge(trainer, phase: str, seconds: float) -> None:
     """Count work done after training (the per-run figures) as its own phase, out of end_of_fit."""
-    for callback in trainer.callbacks:
-        if isinstance(callback, Stopwatch):
-            callback.seconds[phase] += seconds
+    if (stopwatch := stopwatch_of(trainer)) is not None:
+        stopwatch.seconds[phase] += seconds
 
 
 def share_line(seconds: dict[str, float]) -> str:
