@@ -27,7 +27,7 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 import calibration
-from activations.language_model import hidden_size
+from activations.language_model import default_layer, hidden_size
 from allocator import reuse_freed_memory
 from callbacks.metrics_file import MetricsFile, write_json
 from callbacks.progress import duration
@@ -69,6 +69,7 @@ def run_name() -> str:
 
 
 OmegaConf.register_new_resolver("lm_hidden_size", hidden_size, use_cache=True)
+OmegaConf.register_new_resolver("lm_default_layer", default_layer, use_cache=True)
 OmegaConf.register_new_resolver("run_dir_of", run_dir_of)
 OmegaConf.register_new_resolver("run_id", run_id)
 OmegaConf.register_new_resolver("run_group", run_group)

@@ -101,31 +101,40 @@ def special_affixes(tokenizer) -> tuple[list[int], list[int]]:
 
 
 def tokenize(texts: list[str], tokenizer, context_length: int, keep_special_tokens: bool,
-             max_tokens: int | None = None) -> Sequences:
+             max_tokens: int | None = None, keep_first_position: bool = False) -> Sequences:
     """Each document cut into windows of the tokens that fit between the tokenizer's special tokens,
-    in order, until ``max_tokens`` harvested tokens; the last window of a document is padded."""
+    in order, until ``max_tokens`` harvested tokens; the last window of a document is padded.
+
+    Harvested are the non-padding positions, less the special tokens (unless ``keep_special_tokens``) and
+    less each window's first position (unless ``keep_first_position``): a causal LM's attention sink,
+    whose residual norm dwarfs every other position's whether or not it holds a BOS token."""
     prefix, suffix = special_affixes(tokenizer)
-    n_special = len(prefix) + len(suffix)
-    width = context_length - n_special
+    width = context_length - len(prefix) - len(suffix)
     if width < 1:
-        raise ValueError(f"data.context_length={context_length} leaves no room beside {n_special} special tokens")
-    special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+        raise ValueError(f"data.context_length={context_length} leaves no room beside "
+                         f"{len(prefix) + len(suffix)} special tokens")
+    special = set(tokenizer.all_special_ids)
+
+    def harvested(row: list[int]) -> list[bool]:
+        flags = [keep_special_tokens or token not in special for token in row]
+        flags[0] = flags[0] and keep_first_position
+        return flags
+
     rows, total = [], 0
     for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]:
         for start in range(0, len(ids), width):
             row = prefix + ids[start:start + width] + suffix
-            rows.append(row)
-            total += len(row) if keep_special_tokens else len(row) - n_special
+            rows.append((row, harvested(row)))
+            total += sum(rows[-1][1])
             if max_tokens is not None and total >= max_tokens:
                 break
         if max_tokens is not None and total >= max_tokens:
             break
     input_ids = torch.full((len(rows), context_length), tokenizer.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros(len(rows), context_length, dtype=torch.long)
-    for i, row in enumerate(rows):
+    keep = torch.zeros(len(rows), context_length, dtype=torch.bool)
+    for i, (row, flags) in enumerate(rows):
         input_ids[i, :len(row)] = torch.tensor(row)
         attention_mask[i, :len(row)] = 1
-    keep = attention_mask.bool()
-    if not keep_special_tokens:
-        keep &= ~torch.isin(input_ids, special)
+        keep[i, :len(row)] = torch.tensor(flags)
     return Sequences(input_ids, attention_mask, keep)

@@ -19,6 +19,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from activations.language_model import hub_id
 from lightning_modules.sae import BatchTopKSAE, GatedSAE, JumpReLUSAE, SparseAutoencoder, TopKSAE
 
 SAELENS_FORMAT_VERSION = "6.0.0"  # the cfg.json layout of SAELens 6 (metadata nested)
@@ -46,7 +47,7 @@ def saelens_tensors(model: SparseAutoencoder) -> dict[str, torch.Tensor]:
     return {name: t.float().contiguous() for name, t in tensors.items()}
 
 
-def saelens_config(model: SparseAutoencoder, cfg: dict, hook_name: str | None) -> dict:
+def saelens_config(model: SparseAutoencoder, cfg: dict, hook_name: str | None, causal: bool = False) -> dict:
     if isinstance(model, GatedSAE):
         raise ValueError("a Gated SAE has no export to the SAELens format yet")
     architecture = ("jumprelu" if isinstance(model, (JumpReLUSAE, BatchTopKSAE)) else "topk"
@@ -54,28 +55,27 @@ def saelens_config(model: SparseAutoencoder, cfg: dict, hook_name: str | None) -
     data = cfg["data"]
     config = {"architecture": architecture, "d_in": model.hparams.input_dim, "d_sae": model.hparams.hidden_dim,
               "dtype": "float32", "apply_b_dec_to_input": True, "normalize_activations": "none",
-              "metadata": {"sae_lens_version": SAELENS_FORMAT_VERSION, "model_name": data.get("model"),
+              "metadata": {"sae_lens_version": SAELENS_FORMAT_VERSION, "model_name": hub_id(data.get("model")),
                            "hook_name": hook_name, "hook_layer": data.get("layer"),
                            "context_size": data.get("context_length"), "dataset_path": data.get("corpus"),
                            "exclude_special_tokens": not data.get("keep_special_tokens", True),
                            "exported_from": "encoder-study"}}
+    if causal:  # SAELens loads it from the hub with transformers and hooks its modules by name
+        config["metadata"] |= {"model_class_name": "AutoModelForCausalLM", "prepend_bos": False}
     if architecture == "topk":
         config["k"] = model.k
     return config
 
 
-def hooked_module(data: dict) -> str | None:
-    """The module the run's activations came from, found on a weightless copy of the model."""
+def hooked_module(data: dict) -> tuple[str | None, bool]:
+    """The module the run's activations came from, found on a weightless copy of the model, and whether
+    the model is a causal LM."""
     if "layer" not in data or "site" not in data:
-        return None
-    from transformers import AutoModel, AutoModelForCausalLM
-
-    from activations.language_model import is_causal, load_config, site_module_names
+        return None, False
+    from activations.language_model import is_causal, load_config, site_module_names, skeleton
 
     config = load_config(data["model"])
-    with torch.device("meta"):
-        skeleton = (AutoModelForCausalLM if is_causal(config) else AutoModel).from_config(config)
-    return site_module_names(skeleton, [data["layer"]], data["site"])[data["layer"]]
+    return site_module_names(skeleton(config), [data["layer"]], data["site"])[data["layer"]], is_causal(config)
 
 
 def export(run_dir: Path, out: Path, checkpoint: str = "last.ckpt") -> Path:
@@ -92,7 +92,7 @@ def export(run_dir: Path, out: Path, checkpoint: str = "last.ckpt") -> Path:
 
     out.mkdir(parents=True, exist_ok=True)
     save_file(saelens_tensors(model), out / "sae_weights.safetensors")
-    config = saelens_config(model, OmegaConf.to_container(cfg), hooked_module(OmegaConf.to_container(cfg.data)))
+    config = saelens_config(model, OmegaConf.to_container(cfg), *hooked_module(OmegaConf.to_container(cfg.data)))
     (out / "cfg.json").write_text(json.dumps(config, indent=2))
     return out
 

@@ -115,7 +115,7 @@ class MixingBuffer(ResumableBatches):
 class ActivationDataModule(pl.LightningDataModule):
     def __init__(self, model: str, layer: int, input_dim: int, layers: list[int] | None = None, site: str = "resid",
                  corpus: str = "pydocs", text_field: str = "text", context_length: int = 128,
-                 keep_special_tokens: bool = False, split_fractions: dict | None = None, split_seed: int = 0,
+                 keep_special_tokens: bool = False, keep_first_position: bool = False, split_fractions: dict | None = None, split_seed: int = 0,
                  max_tokens: dict | None = None, cache: bool = True, cache_dir: str = "cache/activations",
                  dtype: str = "float16", model_dtype: str = "float32", device: str = "cpu",
                  harvest_batch_size: int = 32, shard_tokens: int = 65536, shuffle_window: int = 4,
@@ -146,10 +146,15 @@ class ActivationDataModule(pl.LightningDataModule):
         n_layers = self.config.num_hidden_layers
         if not all(0 <= layer < n_layers for layer in self.layers):
             raise ValueError(f"data.layer(s) {self.layers} outside the model: {model} has layers 0..{n_layers - 1}")
+        limit = getattr(self.config, "max_position_embeddings", None)
+        if limit and context_length > limit:
+            raise ValueError(f"data.context_length={context_length} is above {model}'s limit of {limit} positions")
+        language_model.site_module_names(language_model.skeleton(self.config), self.layers, site)  # a missing site
         fingerprint(corpus, text_field)  # a missing corpus fails here
         self.model_name, self.layer, self.input_dim, self.site = model, layer, input_dim, site
         self.corpus, self.text_field, self.context_length = corpus, text_field, context_length
-        self.keep_special_tokens, self.split_seed = keep_special_tokens, split_seed
+        self.keep_special_tokens, self.keep_first_position = keep_special_tokens, keep_first_position
+        self.split_seed = split_seed
         self.use_cache, self.cache_dir, self.dtype, self.model_dtype, self.device = cache, cache_dir, dtype, \
             model_dtype, device
         self.harvest_batch_size, self.shard_tokens, self.shuffle_window = harvest_batch_size, shard_tokens, \
@@ -161,9 +166,11 @@ class ActivationDataModule(pl.LightningDataModule):
         self.train_mean: Tensor | None = None
 
     def cache_key(self) -> dict:
-        return {"model": self.model_name, "layers": self.layers, "site": self.site,
+        return {"model": self.model_name, "tokenizer": language_model.tokenizer_fingerprint(self.model_name),
+                "layers": self.layers, "site": self.site,
                 "corpus": fingerprint(self.corpus, self.text_field), "context_length": self.context_length,
-                "keep_special_tokens": self.keep_special_tokens, "split_fractions": self.fractions,
+                "keep_special_tokens": self.keep_special_tokens, "keep_first_position": self.keep_first_position,
+                "split_fractions": self.fractions,
                 "split_seed": self.split_seed, "max_tokens": self.max_tokens, "dtype": self.dtype,
                 "model_dtype": self.model_dtype}
 
@@ -173,10 +180,9 @@ class ActivationDataModule(pl.LightningDataModule):
             return
         self.lm, self.tokenizer = language_model.load(self.model_name, self.model_dtype, self.device)
         self.modules = language_model.site_module_names(self.lm, self.layers, self.site)
-        texts = split_documents(read_documents(self.corpus, self.text_field), self.fractions,
-                                       self.split_seed)
-        self.sequences = {split: tokenize(texts[split], self.tokenizer, self.context_length,
-                                                 self.keep_special_tokens, self.max_tokens[split])
+        texts = split_documents(read_documents(self.corpus, self.text_field), self.fractions, self.split_seed)
+        self.sequences = {split: tokenize(texts[split], self.tokenizer, self.context_length, self.keep_special_tokens,
+                                          self.max_tokens[split], self.keep_first_position)
                           for split in SPLITS}
         empty = [split for split, seqs in self.sequences.items() if seqs.tokens == 0]
         if empty:

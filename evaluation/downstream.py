@@ -22,7 +22,8 @@ def sequence_losses(model, input_ids: Tensor, attention_mask: Tensor, causal: bo
     if causal:
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
         targets, valid = input_ids[:, 1:], (attention_mask[:, 1:] * attention_mask[:, :-1]).bool()
-        ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none") * valid
+        # flattened to [tokens, vocabulary]: over the [batch, vocabulary, time] layout float32 drifts more
+        ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets) * valid
         return ce.sum(1), valid.sum(1), logits.log_softmax(-1)
     hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.double()
     mask = attention_mask.unsqueeze(-1).double()

@@ -13,10 +13,13 @@ QUICK = ["data=gaussian_mixture", "trainer.max_epochs=1", "logger=csv", "callbac
 WORKING_DIR = Path(tempfile.mkdtemp(prefix="encoder-study-tests-"))  # default outputs/ land here, not in the checkout
 
 
-def run_cli(*args: str, check: bool = True, cwd: Path = WORKING_DIR) -> subprocess.CompletedProcess:
-    """Run a project command (``train.py ...`` or ``-m analysis.x ...``) as a user would, from ``cwd``."""
+def run_cli(*args: str, check: bool = True, cwd: Path = WORKING_DIR,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a project command (``train.py ...`` or ``-m analysis.x ...``) as a user would, from ``cwd``,
+    with ``env`` added to the environment."""
     # one intra-op thread: these models are tiny, and a second thread only waits on a busy machine
-    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", HYDRA_FULL_ERROR="0", OMP_NUM_THREADS="1")
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", HYDRA_FULL_ERROR="0", OMP_NUM_THREADS="1",
+               **(env or {}))
     if args[0].endswith(".py"):
         args = (str(ROOT / args[0]), *args[1:])
     result = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)

@@ -82,7 +82,7 @@ def test_special_tokens_are_dropped_unless_kept():
     tokenizer = AutoTokenizer.from_pretrained(model_path("minilm"))
     special = torch.tensor(tokenizer.all_special_ids)
     dropped = tokenize(TEXTS, tokenizer, context_length=12, keep_special_tokens=False)
-    kept = tokenize(TEXTS, tokenizer, context_length=12, keep_special_tokens=True)
+    kept = tokenize(TEXTS, tokenizer, context_length=12, keep_special_tokens=True, keep_first_position=True)
     assert (dropped.input_ids[:, 0] == tokenizer.cls_token_id).all()  # each window is [CLS] ... [SEP]
     assert not torch.isin(dropped.input_ids[dropped.keep], special).any()
     assert kept.tokens == dropped.tokens + 2 * len(kept)
