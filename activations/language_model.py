@@ -86,6 +86,13 @@ def packaged_model_dir(name: str) -> str:
 
 
 def file_digest(path: Path) -> str:
+    """The file's sha256, read once per process for each size and modification time it has."""
+    status = path.stat()
+    return sha256_once(path, status.st_size, status.st_mtime_ns)
+
+
+@functools.cache
+def sha256_once(path: Path, size: int, mtime_ns: int) -> str:
     with path.open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 

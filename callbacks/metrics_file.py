@@ -1,5 +1,6 @@
 """The run's final metrics as plain JSON, rewritten after every validation so that a run that dies
-keeps what it had measured, with a status saying how it ended."""
+keeps what it had measured, with a status saying how it ended; and every validation's values, a JSON
+line each, in ``history.jsonl`` beside it (the curves, without a logger)."""
 import json
 import math
 import os
@@ -46,8 +47,15 @@ class MetricsFile(pl.Callback):
                                "global_step": trainer.global_step, **self.measured, **self.extra})
 
     def on_validation_end(self, trainer, pl_module):
-        if not trainer.sanity_checking:
-            self.write(trainer, "running")
+        if trainer.sanity_checking:
+            return
+        self.write(trainer, "running")
+        if trainer.global_rank == 0:
+            values = {name: float(value) for name, value in trainer.callback_metrics.items()
+                      if value.numel() == 1 and not name.startswith("train/")}
+            line = {"epoch": epochs_trained(trainer), "global_step": trainer.global_step, **values}
+            with self.path.with_name("history.jsonl").open("a") as handle:
+                handle.write(json.dumps(line) + "\n")
 
     def on_fit_end(self, trainer, pl_module):
         for logger in trainer.loggers:  # Lightning logs the index of the last epoch; this file, and now W&B, the count

@@ -148,3 +148,31 @@ def test_bad_lm_input_fails_in_one_line_before_training(tmp_path, override, dama
     assert last.startswith("error: ") and message in last, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and not (tmp_path / "bad" / "metrics.json").exists()
     assert {p: p.read_bytes() for p in cache.rglob("*") if p.is_file()} == before  # nothing overwritten
+
+
+def test_recipe_analysis_tables_runs_and_traces_validation_from_the_history(layer_sweep, tmp_path):
+    root, _ = layer_sweep
+    result = run_cli("-m", "analysis.recipe", f"dir={root / 'sweep'}", f"out={tmp_path}")
+    table = (tmp_path / "recipe.md").read_text()
+    assert table.count("| 0.001 | 2 | ") == 2 and "Measured " in table and "at commit " in table
+    assert (tmp_path / "recipe.png").is_file() and (tmp_path / "recipe.pdf").is_file()
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from analysis.recipe import curve
+    from analysis.runs import load_runs
+
+    [run] = [run for run in load_runs(str(root / "sweep")) if run.config["data"]["layer"] == 1]
+    *_, (tokens, l0, explained) = curve(run)
+    assert tokens == run.metrics["global_step"] * run.config["data"]["batch_size"] and l0 == run.metrics["l0"]
+    cfg = OmegaConf.load(run.path / "config_resolved.yaml")
+    model = instantiate(cfg.model, loss=instantiate(cfg.loss))
+    model.load_state_dict(torch.load(run.path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"])
+    datamodule = instantiate(cfg.data, progress=False)
+    datamodule.setup("fit")
+    x = datamodule.splits["val"][0].double()
+    with torch.no_grad():  # the final weights' validation FVU, computed directly in float64
+        x_hat = model.double().decode(model.encode(x)[1])
+    direct = 1 - (x - x_hat).square().sum() / (x - datamodule.train_mean.double()).square().sum()
+    assert explained == pytest.approx(float(direct), abs=1e-3)
+    assert "wrote" in result.stdout

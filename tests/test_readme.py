@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 
 from conftest import QUICK, ROOT, read_metrics, run_cli
 
-ANALYSIS_KEYS = {"dir", "run"}  # the analysis and export commands' own keys
+ANALYSIS_KEYS = {"dir", "run", "out"}  # the analysis and export commands' own keys
 
 
 def documented_overrides() -> list[str]:

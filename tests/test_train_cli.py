@@ -72,7 +72,7 @@ def test_mnist_run_logs_to_wandb_offline_with_figures_and_says_only_what_matters
     assert history["train/objective"] != history["train/total"]
     lines = (result.stdout + result.stderr).strip().splitlines()
     assert lines[0] == f"run folder: {tmp_path}" and lines[-4].startswith("finished in ")
-    assert lines[-3].startswith(f"files in {tmp_path}: checkpoints/, config_resolved.yaml, figures/, metrics.json")
+    assert lines[-3].startswith(f"files in {tmp_path}: checkpoints/, config_resolved.yaml, figures/, history.jsonl, metrics.json")
     assert lines[-2].startswith(f"W&B, offline: wandb sync {tmp_path / 'wandb' / 'offline-run-'}")
     assert lines[-1].startswith("time 0:") and "training steps" in lines[-1] and "start up" in lines[-1]
     assert sum(line.startswith("epoch ") for line in lines) == 2 and len(lines) <= 9

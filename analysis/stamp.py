@@ -1,0 +1,50 @@
+"""Where a measured number came from: the date, the commit and the machine, stamped on every file a
+command writes under results/."""
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def commit() -> str:
+    """The checkout's commit, with '+' when it has uncommitted changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def stamp() -> dict:
+    return {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "commit": commit(),
+            "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+                        "threads": torch.get_num_threads(),
+                        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}}
+
+
+def stamp_line() -> str:
+    s = stamp()
+    m = s["machine"]
+    device = m["gpu"] or f"{m['cpu']}, {m['cores']} cores"
+    return f"Measured {s['date']} at commit {s['commit']} on {device}, torch {m['torch']}."
+
+
+def write_json_result(path: str | Path, values: dict) -> Path:
+    """``values`` with the stamp, as one JSON file (the folder is made)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(stamp() | values, indent=2) + "\n")
+    return path
