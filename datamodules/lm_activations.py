@@ -115,7 +115,8 @@ class MixingBuffer(ResumableBatches):
 class ActivationDataModule(pl.LightningDataModule):
     def __init__(self, model: str, layer: int, input_dim: int, layers: list[int] | None = None, site: str = "resid",
                  corpus: str = "pydocs", text_field: str = "text", context_length: int = 128,
-                 keep_special_tokens: bool = False, keep_first_position: bool = False, split_fractions: dict | None = None, split_seed: int = 0,
+                 keep_special_tokens: bool = False, keep_first_position: bool = False,
+                 split_fractions: dict | None = None, split_seed: int = 0,
                  max_tokens: dict | None = None, cache: bool = True, cache_dir: str = "cache/activations",
                  dtype: str = "float16", model_dtype: str = "float32", device: str = "cpu",
                  harvest_batch_size: int = 32, shard_tokens: int = 65536, shuffle_window: int = 4,
