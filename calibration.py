@@ -27,6 +27,8 @@ def sparsity_term(cfg: DictConfig) -> str:
 
 def check(cfg: DictConfig) -> None:
     target, latents = cfg.calibrate.target_l0, cfg.model.hidden_dim
+    if isinstance(target, bool) or not isinstance(target, (int, float)):
+        raise ValueError(f"calibrate.target_l0={target} is not a number")
     if not 0 < target <= latents:
         raise ValueError(f"calibrate.target_l0 must be in (0, model.hidden_dim={latents}], got {target}")
     if not 0 < cfg.calibrate.lambda_min < cfg.calibrate.lambda_max:

@@ -5,10 +5,8 @@
 """
 import hashlib
 import itertools
-import json
 import logging
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -27,12 +25,16 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 import calibration
+import config_checks
 from activations.language_model import default_layer, hidden_size
 from allocator import reuse_freed_memory
-from callbacks.metrics_file import MetricsFile, write_json
+from callbacks.metrics_file import MetricsFile
 from callbacks.progress import duration
 from callbacks.stopwatch import share_line, stopwatch_of
+from checkpoint_io import AtomicCheckpointIO, check_readable
 from lightning_modules.base import NonFiniteLossError
+from run_folder import (checkpoint_to_resume, finished, first_config_only, remove_if_empty, run_dir_of,
+                        trains_further)
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +48,6 @@ warnings.filterwarnings("ignore", message=r".*is smaller than the logging interv
 logging.captureWarnings(True)  # the warnings that remain go to train.log too
 HEADLINE = ("val/total", "l0", "dead_fraction", "fvu", "probe_acc", "val/ce", "val/acc", "test/ce", "test/acc",
             "delta_acc_logits", "downstream_recovered")
-
-
-def run_dir_of(ckpt_path: str | None, default: str) -> str:
-    """A run resumed from ``<run>/checkpoints/<name>.ckpt`` continues in ``<run>``."""
-    return str(Path(ckpt_path).resolve().parent.parent) if ckpt_path else default
 
 
 def run_id(run_dir: str) -> str:
@@ -71,11 +68,12 @@ def run_name() -> str:
 OmegaConf.register_new_resolver("lm_hidden_size", hidden_size, use_cache=True)
 OmegaConf.register_new_resolver("lm_default_layer", default_layer, use_cache=True)
 OmegaConf.register_new_resolver("run_dir_of", run_dir_of)
+OmegaConf.register_new_resolver("first_config_only", first_config_only)
 OmegaConf.register_new_resolver("run_id", run_id)
 OmegaConf.register_new_resolver("run_group", run_group)
 OmegaConf.register_new_resolver("run_name", run_name)
 
-CONFIG_ERRORS = (ValueError, FileNotFoundError, InstantiationException)
+CONFIG_ERRORS = (ValueError, FileNotFoundError, InstantiationException, OSError)  # OSError: a full disk, say
 JOBS_IN_PROCESS = itertools.count()  # a sweep's jobs share one process under the basic launcher
 
 
@@ -93,9 +91,6 @@ def root_cause(error: BaseException) -> str:
 
 def build(cfg: DictConfig):
     """Everything that can reject the configuration or the data, before any training starts."""
-    for key in ("max_epochs", "max_steps", "limit_train_batches"):
-        if cfg.trainer.get(key) == 0:
-            raise ValueError(f"trainer.{key}=0 trains nothing")
     if cfg.calibrate.target_l0 is not None:
         calibration.check(cfg)
     datamodule = instantiate(cfg.data)
@@ -112,27 +107,6 @@ def make_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     return [instantiate(callback) for callback in cfg.callbacks.values() if callback]  # null disables one
 
 
-def checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> str | None:
-    """``ckpt_path`` if given, else the run folder's own last checkpoint (a requeued job, a re-run command)."""
-    if cfg.ckpt_path:
-        if not Path(cfg.ckpt_path).is_file():
-            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist")
-        return cfg.ckpt_path
-    last = run_dir / "checkpoints" / "last.ckpt"
-    return str(last) if last.is_file() else None
-
-
-def remove_if_empty(run_dir: Path) -> None:
-    """A run rejected before training leaves no folder behind: Hydra made it, with .hydra/ and train.log."""
-    if not run_dir.is_dir() or {path.name for path in run_dir.iterdir()} - {".hydra", "train.log"}:
-        return
-    shutil.rmtree(run_dir)
-    for parent in run_dir.parents:  # outputs/<date>/ (and outputs/) if this run was all they held
-        if parent == Path.cwd() or not parent.is_relative_to(Path.cwd()) or any(parent.iterdir()):
-            break
-        parent.rmdir()
-
-
 def report_end(trainer: pl.Trainer, run_dir: Path, seconds: float) -> None:
     """The run's last lines: its headline metrics and where its files are."""
     metrics = trainer.callback_metrics
@@ -145,26 +119,25 @@ def report_end(trainer: pl.Trainer, run_dir: Path, seconds: float) -> None:
             log.info("W&B, offline: wandb sync %s", Path(logger.experiment.dir).parent)
 
 
-def record_time(trainer: pl.Trainer, run_dir: Path, job_start: float, fit_end: float, first_job: bool) -> None:
-    """The run's wall time by phase (callbacks/stopwatch.py), into metrics.json and as the last line."""
-    stopwatch = stopwatch_of(trainer)
-    path = run_dir / "metrics.json"
-    if stopwatch is None or "train_end" not in stopwatch.marks or not path.is_file():
-        return
-    seconds = stopwatch.shares(job_start, fit_end, time.time(), first_job)
-    write_json(path, json.loads(path.read_text()) | {"time": seconds})
-    log.info("time %s: %s", duration(seconds["total"]), share_line(seconds))
-
-
-def finished(run_dir: Path) -> bool:
-    metrics = run_dir / "metrics.json"
-    return metrics.is_file() and json.loads(metrics.read_text()).get("status") == "finished"
+def finish(trainer: pl.Trainer, callbacks: list[pl.Callback], job_start: float, fit_end: float,
+           first_job: bool) -> None:
+    """``finished`` in metrics.json, last, with every read-out, the test and the wall time by phase
+    (callbacks/stopwatch.py) in; a run killed before this line resumes and completes them."""
+    stopwatch, values = stopwatch_of(trainer), {}
+    if stopwatch is not None and "train_end" in stopwatch.marks:
+        values["time"] = stopwatch.shares(job_start, fit_end, time.time(), first_job)
+    for callback in callbacks:
+        if isinstance(callback, MetricsFile):
+            callback.write(trainer, "finished", **values)
+    if "time" in values:
+        log.info("time %s: %s", duration(values["time"]["total"]), share_line(values["time"]))
 
 
 def fit(cfg: DictConfig) -> pl.Trainer | None:
     run_dir = Path(cfg.paths.output_dir)
-    if not cfg.ckpt_path and finished(run_dir):  # a requeued job that had finished, a re-run command
-        log.info("already finished: %s", run_dir)
+    # a requeued job that had finished, a re-run command, a resume that would train nothing more
+    if finished(run_dir) and not (cfg.ckpt_path and trains_further(cfg, run_dir)):
+        log.info("already finished: %s (nothing changed)", run_dir)
         return None
     started, first_job = time.time(), next(JOBS_IN_PROCESS) == 0
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -173,8 +146,12 @@ def fit(cfg: DictConfig) -> pl.Trainer | None:
     if cfg.reuse_freed_memory:
         reuse_freed_memory()
     try:
+        config_checks.check(cfg)
         ckpt_path = checkpoint_to_resume(cfg, run_dir)
+        if ckpt_path:
+            check_readable(ckpt_path)
         datamodule, model = build(cfg)
+        callbacks = make_callbacks(cfg)
     except CONFIG_ERRORS as error:
         if rank_zero_only.rank == 0:
             remove_if_empty(run_dir)
@@ -196,13 +173,14 @@ def fit(cfg: DictConfig) -> pl.Trainer | None:
         logger._wandb_init.pop("anonymous", None)  # Lightning always passes it; W&B 0.31 warns that it has no effect
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True) | {"calibration": calibrated})
-    callbacks = make_callbacks(cfg)
     if calibrated:
         for callback in callbacks:
             if isinstance(callback, MetricsFile):
                 callback.extra.update({f"calibration_{key}": value for key, value in calibrated.items()})
     # under SLURM, submitit requeues and Lightning does not (callbacks/resume.py)
-    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
+    plugins = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=plugins)
     fit_end = None
     try:
@@ -213,10 +191,13 @@ def fit(cfg: DictConfig) -> pl.Trainer | None:
         if trainer.is_global_zero:
             report_end(trainer, run_dir, fit_end - started)
     except NonFiniteLossError as error:
-        message = f"error: {error}; last good checkpoint kept in {run_dir / 'checkpoints'}"
+        last = run_dir / "checkpoints" / "last.ckpt"
+        message = f"error: {error}" + (f"; the last good checkpoint is {last}" if last.is_file() else "")
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             sys.exit(message)
         print(message, file=sys.stderr)  # a diverged configuration is a result of the sweep, not its end
+    except OSError as error:  # a checkpoint or file the disk refused (checkpoint_io.py): the run resumes later
+        raise RunError(f"error: {error}") from None
     except SystemExit:  # stopped by SLURM (callbacks/resume.py): it resumes later; W&B's service got the signal too
         logger = False
         raise
@@ -224,7 +205,7 @@ def fit(cfg: DictConfig) -> pl.Trainer | None:
         if logger and hasattr(logger.experiment, "finish"):
             logger.experiment.finish()
     if fit_end is not None and trainer.is_global_zero:
-        record_time(trainer, run_dir, started, fit_end, first_job)
+        finish(trainer, callbacks, started, fit_end, first_job)
     return trainer
 
 

@@ -2,23 +2,21 @@
 with the reconstruction spliced in place of the hooked activation, against the clean, zero-ablated and
 mean-ablated runs (evaluation/downstream.py). The decoder-free encoder is spliced through the implicit
 decoder fitted on train, as its MNIST benchmark reconstructs."""
-import pytorch_lightning as pl
 import torch
 
 from activations.language_model import is_causal
 from callbacks.metrics_file import report
+from callbacks.read_out import ReadOut
 from evaluation.downstream import downstream_fidelity
 from evaluation.linear_fits import reconstructor
 
 
-class DownstreamFidelity(pl.Callback):
+class DownstreamFidelity(ReadOut):
     def __init__(self, split: str = "test", max_sequences: int = 64, batch_size: int = 16):
         self.split, self.max_sequences, self.batch_size = split, max_sequences, batch_size
 
     @torch.no_grad()
-    def on_train_end(self, trainer, pl_module):
-        if trainer.global_rank != 0:
-            return
+    def read_out(self, trainer, pl_module):
         dm = trainer.datamodule
         dm.load_lm()
         was_training = pl_module.training

@@ -4,17 +4,17 @@ and a linear probe of the labels against the same probe on the randomly initiali
 import copy
 import logging
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
 from callbacks.metrics_file import report
+from callbacks.read_out import ReadOut
 from evaluation.linear_fits import affine_fvu, fvu, implicit_decoder_fits, probe_accuracy
 
 log = logging.getLogger(__name__)
 
 
-class FinalEvaluation(pl.Callback):
+class FinalEvaluation(ReadOut):
     def __init__(self, probe: bool = True, max_examples: int | None = None, chunk_size: int = 4096):
         self.probe, self.max_examples, self.chunk_size = probe, max_examples, chunk_size
         self.initial_state: dict[str, Tensor] | None = None
@@ -26,15 +26,13 @@ class FinalEvaluation(pl.Callback):
         self.initial_state = state_dict["initial_state"]
 
     def on_fit_start(self, trainer, pl_module):
+        super().on_fit_start(trainer, pl_module)
         # only the probe reads it: at LM width a copy of the weights would sit in memory and in every checkpoint
         if self.probe and self.initial_state is None:  # on resume, the checkpoint restored it before this hook
             self.initial_state = copy.deepcopy(pl_module.state_dict())
 
     @torch.no_grad()
-    def on_train_end(self, trainer, pl_module):
-        # before teardown moves the model to the CPU, and before MetricsFile writes in on_fit_end
-        if trainer.global_rank != 0:
-            return
+    def read_out(self, trainer, pl_module):
         was_training = pl_module.training
         pl_module.eval()
         (x_train, y_train), (x_test, y_test) = trainer.datamodule.splits["train"], trainer.datamodule.splits["test"]

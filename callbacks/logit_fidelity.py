@@ -4,12 +4,12 @@ validation MSE; written to summary.json and BEST_RESULTS.md in the run dir and t
 import json
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from callbacks.metrics_file import report
+from callbacks.read_out import ReadOut
 from evaluation.linear_fits import reconstructor
 
 
@@ -40,14 +40,12 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-class LogitFidelity(pl.Callback):
+class LogitFidelity(ReadOut):
     def __init__(self, output_dir: str, summary: dict | None = None):
         self.output_dir, self.summary = Path(output_dir), dict(summary or {})
 
     @torch.no_grad()
-    def on_train_end(self, trainer, pl_module):
-        if trainer.global_rank != 0:
-            return
+    def read_out(self, trainer, pl_module):
         datamodule, was_training = trainer.datamodule, pl_module.training
         pl_module.eval()
         codes = {name: pl_module.codes(x) for name, (x, _) in datamodule.splits.items()}

@@ -38,13 +38,15 @@ class MetricsFile(pl.Callback):
         self.extra: dict = {}  # values measured outside the trainer (calibration, fidelity)
         self.measured: dict = {}  # every value the trainer reported, the latest of each
 
-    def write(self, trainer, status: str) -> None:
+    def write(self, trainer, status: str, **values) -> None:
+        """``status``: running, trained (fit ended; a test may follow), failed (with ``error``), interrupted,
+        and finished, which train.py writes once every read-out, the test and the timing are in."""
         if trainer.global_rank != 0:
             return
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
         self.measured |= {name: value if math.isfinite(value) else str(value) for name, value in metrics.items()}
         write_json(self.path, {"status": status, "epoch": epochs_trained(trainer),
-                               "global_step": trainer.global_step, **self.measured, **self.extra})
+                               "global_step": trainer.global_step, **self.measured, **self.extra, **values})
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking:
@@ -60,14 +62,21 @@ class MetricsFile(pl.Callback):
     def on_fit_end(self, trainer, pl_module):
         for logger in trainer.loggers:  # Lightning logs the index of the last epoch; this file, and now W&B, the count
             logger.log_metrics({"epoch": epochs_trained(trainer)}, step=trainer.global_step)
-        self.write(trainer, "finished")
+        self.write(trainer, "trained")
 
     def on_test_end(self, trainer, pl_module):
-        self.write(trainer, "finished")
+        self.write(trainer, "trained")
 
     def on_exception(self, trainer, pl_module, exception):
         # SystemExit: stopped by a signal (SLURM preemption, time limit), to be resumed from its checkpoint
-        self.write(trainer, "interrupted" if isinstance(exception, SystemExit) else f"failed: {exception}")
+        try:
+            if isinstance(exception, SystemExit):
+                self.write(trainer, "interrupted")
+            else:
+                self.write(trainer, "failed", error=str(exception).splitlines()[0] if str(exception) else
+                           type(exception).__name__)
+        except OSError:  # the disk that failed the run may refuse this file too; the run's own error is reported
+            pass
 
     def state_dict(self) -> dict:
         return {"metrics": self.measured}

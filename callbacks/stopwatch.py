@@ -63,6 +63,10 @@ class Stopwatch(pl.Callback):
         self.marks["train_end"] = time.time()
         self.checkpoints_in_training = self.seconds["checkpoints"]
 
+    def on_fit_end(self, trainer, pl_module):
+        if "train_end" not in self.marks:  # resumed after training ended (callbacks/read_out.py): read-outs only
+            self.on_train_end(trainer, pl_module)
+
     def shares(self, job_start: float, fit_end: float, end: float, first_job: bool) -> dict[str, float]:
         """Seconds per phase and their total. Start-up runs from the process's start for the first job of a
         process (imports included), else from the job's; between_steps is the rest of training (fetching

@@ -21,18 +21,32 @@ class UnitMetrics(pl.Callback):
         self.label = label  # what the run is (its overrides), for the figures' titles
         self.figures, self.corr_units, self.formats = figures, corr_units, tuple(formats)
         self.arrays: dict[str, np.ndarray] = {}
+        self.dead_at_init: float | None = None
+
+    def state_dict(self) -> dict:
+        return {"dead_at_init": self.dead_at_init}  # measured on the initial weights, which a resume no longer has
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.dead_at_init = state_dict["dead_at_init"]
 
     def setup(self, trainer, pl_module, stage):
-        n_units = pl_module.feature_directions().shape[0]
-        self.stats = UnitStatistics(n_units, corr_units=self.corr_units).to(pl_module.device)
+        self.n_units = pl_module.feature_directions().shape[0]
+        self.stats = UnitStatistics(self.n_units, corr_units=self.corr_units).to(pl_module.device)
 
+    @staticmethod
     @torch.no_grad()
-    def on_fit_start(self, trainer, pl_module):
-        self.stats.to(pl_module.device)
+    def measure(stats: UnitStatistics, trainer, pl_module) -> dict:
+        """The statistics over the whole validation split, outside a validation loop."""
+        stats.to(pl_module.device)
         for x, *_ in trainer.datamodule.val_dataloader():
-            self.stats.update(*pl_module.encode(x.to(pl_module.device)))
-        self.dead_at_init = float(self.stats.compute()["dead_units"])
-        self.stats.reset()
+            stats.update(*pl_module.encode(x.to(pl_module.device)))
+        values = stats.compute()
+        stats.reset()
+        return values
+
+    def on_fit_start(self, trainer, pl_module):
+        if self.dead_at_init is None:  # on resume, the checkpoint restored it before this hook
+            self.dead_at_init = float(self.measure(self.stats, trainer, pl_module)["dead_units"])
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if not trainer.sanity_checking:
@@ -51,8 +65,12 @@ class UnitMetrics(pl.Callback):
         pl_module.log_dict(scalars, sync_dist=True)  # equal on every rank already (torchmetrics syncs)
 
     def on_fit_end(self, trainer, pl_module):
-        if not self.arrays or trainer.global_rank != 0:
+        if trainer.global_rank != 0:
             return
+        if not self.arrays:  # resumed after its last validation (killed while writing these): measure again
+            on_rank_zero = UnitStatistics(self.n_units, corr_units=self.corr_units, sync_on_compute=False)
+            values = self.measure(on_rank_zero, trainer, pl_module)
+            self.arrays = {name: values[name].cpu().numpy() for name in ("corr", "firing_frequency", "active_counts")}
         counts = self.arrays["active_counts"]
         shown = int(np.flatnonzero(counts)[-1]) + 1 if counts.any() else 1
         for callback in trainer.callbacks:  # the histogram beside the scalars (MetricsFile writes after this)

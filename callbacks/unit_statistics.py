@@ -15,8 +15,8 @@ class UnitStatistics(Metric):
     full_state_update = False
 
     def __init__(self, n_units: int, active_threshold: float = 0.01, low_variance: float = 0.01,
-                 corr_units: int | None = None):
-        super().__init__()
+                 corr_units: int | None = None, **kwargs):
+        super().__init__(**kwargs)  # torchmetrics' options (sync_on_compute)
         self.active_threshold, self.low_variance = active_threshold, low_variance
         self.corr_units = min(corr_units or n_units, n_units)
         vector, scalar = torch.zeros(n_units, dtype=torch.float64), torch.zeros((), dtype=torch.float64)

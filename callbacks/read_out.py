@@ -1,0 +1,24 @@
+"""A measurement taken once, when training ends. Lightning calls ``on_train_end`` while the model is still
+on its device; but a run resumed from a checkpoint written after its last epoch (killed during the
+read-outs) skips the training loop and that hook with it, and gets only ``on_fit_end``. A read-out runs in
+whichever comes first, so a rerun finishes what the killed run had not."""
+import pytorch_lightning as pl
+
+
+class ReadOut(pl.Callback):
+    read_this_fit = False
+
+    def read_out(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        raise NotImplementedError
+
+    def on_fit_start(self, trainer, pl_module):
+        self.read_this_fit = False
+
+    def on_train_end(self, trainer, pl_module):
+        self.read_this_fit = True
+        if trainer.global_rank == 0:
+            self.read_out(trainer, pl_module)
+
+    def on_fit_end(self, trainer, pl_module):
+        if not self.read_this_fit and trainer.global_rank == 0:
+            self.read_out(trainer, pl_module)

@@ -1,0 +1,46 @@
+"""Checkpoints that are whole or absent. A checkpoint is written under a temporary name, flushed to the
+disk and renamed over the old one (a rename within a folder is atomic), so that a kill or a full disk
+mid-write leaves the previous checkpoint intact; and a checkpoint is read once before a resume starts,
+so that a damaged one is one line that names it rather than a traceback from inside the fit."""
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from lightning_fabric.plugins import TorchCheckpointIO
+
+
+class UnreadableCheckpoint(ValueError):
+    pass
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        partial = path.with_name(path.name + ".partial")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(partial, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(partial, path)
+        except OSError as error:
+            partial.unlink(missing_ok=True)
+            free = shutil.disk_usage(path.parent if path.parent.exists() else Path.cwd()).free / 2**20
+            kept = "an earlier one is kept whole" if path.is_file() else "no earlier one exists"
+            raise OSError(f"cannot write checkpoint {path} ({free:.0f} MiB free on its disk: "
+                          f"{error.strerror or error}); {kept}, and the run resumes from it when started again "
+                          f"with room") from error
+
+
+def check_readable(path: str) -> None:
+    """Open the checkpoint as a resume would (memory-mapped: no copy of the weights is read)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+            raise ValueError("not a Lightning checkpoint: it holds no state_dict")
+    except Exception as error:  # torch raises RuntimeError, EOFError, pickle's and zipfile's errors, ...
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UnreadableCheckpoint(f"checkpoint {path} is truncated or corrupt ({reason}): delete it to start its "
+                                   f"run over, or resume from another checkpoint with ckpt_path=") from None
