@@ -58,6 +58,19 @@ def short_run_l0(cfg: DictConfig, lam: float, datamodule) -> float:
     return validation_l0(model, datamodule)
 
 
+def advice(points: list[tuple[float, float]], target: float, epochs: int) -> str:
+    """What would bring the target within reach, from the (lambda, L0) points sorted by lambda."""
+    (lam_low, l0_low), (lam_high, l0_high) = points[0], points[-1]
+    barely = f"L0 barely follows lambda ({l0_low:.3g} at {lam_low:.3g} -> {l0_high:.3g} at {lam_high:.3g})"
+    short = (f"the code moves too little in calibrate.epochs={epochs} for lambda to matter (a JumpReLU's threshold "
+             f"moves by about the learning rate per step): raise calibrate.epochs or model.lr")
+    if min(l0 for _, l0 in points) > target:
+        return f"{barely}: {short}" if l0_high > l0_low / 2 else "raise calibrate.lambda_max"
+    if max(l0 for _, l0 in points) < target:
+        return f"{barely}: {short}" if l0_low < 2 * l0_high else "lower calibrate.lambda_min"
+    return "the target lies between grid points: raise calibrate.refine_steps"
+
+
 def calibrate(cfg: DictConfig, datamodule) -> dict:
     """Returns the chosen lambda and every (lambda, validation L0) point measured."""
     c = cfg.calibrate
@@ -79,5 +92,5 @@ def calibrate(cfg: DictConfig, datamodule) -> dict:
     best = min(points, key=lambda p: abs(p[1] - c.target_l0))
     if not np.isclose(best[1], c.target_l0, rtol=0.2):
         log.warning(f"calibration: nearest val L0 {best[1]:.3f} is more than 20% from target {c.target_l0}; "
-                    f"widen calibrate.lambda_min/lambda_max")
+                    f"{advice(sorted(points), c.target_l0, c.epochs)}")
     return {"lambda": best[0], "target_l0": float(c.target_l0), "grid": sorted(points)}

@@ -25,22 +25,26 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(partial, path)
-        except OSError as error:
-            partial.unlink(missing_ok=True)
+        except (OSError, RuntimeError) as error:  # torch reports a failed write as a RuntimeError
+            written = partial.stat().st_size / 2**20 if partial.is_file() else 0.0
             free = shutil.disk_usage(path.parent if path.parent.exists() else Path.cwd()).free / 2**20
+            partial.unlink(missing_ok=True)
             kept = "an earlier one is kept whole" if path.is_file() else "no earlier one exists"
-            raise OSError(f"cannot write checkpoint {path} ({free:.0f} MiB free on its disk: "
-                          f"{error.strerror or error}); {kept}, and the run resumes from it when started again "
-                          f"with room") from error
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+            raise OSError(f"cannot write checkpoint {path} (stopped at {written:.1f} MiB with {free:.1f} MiB free "
+                          f"on its disk: {reason}); {kept}, and the run resumes from it when started again with "
+                          f"room") from error
 
 
-def check_readable(path: str) -> None:
+RESUME_ADVICE = "delete it to start its run over, or resume from another checkpoint with ckpt_path="
+
+
+def check_readable(path: str, advice: str = RESUME_ADVICE) -> None:
     """Open the checkpoint as a resume would (memory-mapped: no copy of the weights is read)."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
             raise ValueError("not a Lightning checkpoint: it holds no state_dict")
     except Exception as error:  # torch raises RuntimeError, EOFError, pickle's and zipfile's errors, ...
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UnreadableCheckpoint(f"checkpoint {path} is truncated or corrupt ({reason}): delete it to start its "
-                                   f"run over, or resume from another checkpoint with ckpt_path=") from None
+        reason = str(error).splitlines()[0].split(". ")[0] if str(error) else type(error).__name__
+        raise UnreadableCheckpoint(f"checkpoint {path} is truncated or corrupt ({reason}): {advice}") from None

@@ -57,11 +57,15 @@ def config_differences(cfg: DictConfig, run_dir: Path) -> list[str]:
     started = OmegaConf.load(first)
     differences = []
     for section in WHAT_A_RUN_IS:
-        ours = flat(OmegaConf.to_container(cfg.get(section) or {}, resolve=False), section)
-        theirs = flat(OmegaConf.to_container(started.get(section) or {}, resolve=False), section)
+        ours, theirs = flat(plain(cfg.get(section)), section), flat(plain(started.get(section)), section)
         differences += [f"{key}={ours.get(key)} (the run's: {theirs.get(key)})"
                         for key in sorted(ours.keys() | theirs.keys()) if ours.get(key) != theirs.get(key)]
     return differences
+
+
+def plain(node):
+    """A config section as Python values, its interpolations unresolved (as the run's first start wrote them)."""
+    return OmegaConf.to_container(node, resolve=False) if OmegaConf.is_config(node) else node
 
 
 def flat(tree, prefix: str) -> dict:

@@ -140,13 +140,13 @@ def fit(cfg: DictConfig) -> pl.Trainer | None:
         log.info("already finished: %s (nothing changed)", run_dir)
         return None
     started, first_job = time.time(), next(JOBS_IN_PROCESS) == 0
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     if cfg.reuse_freed_memory:
         reuse_freed_memory()
     try:
         config_checks.check(cfg)
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
         ckpt_path = checkpoint_to_resume(cfg, run_dir)
         if ckpt_path:
             check_readable(ckpt_path)

@@ -53,6 +53,14 @@ def fingerprint(source: str, text_field: str) -> str:
     return digest.hexdigest()
 
 
+def read_file(path: Path) -> str:
+    try:
+        with lzma.open(path, "rt") if path.suffix == ".xz" else path.open() as handle:
+            return handle.read()
+    except (UnicodeDecodeError, lzma.LZMAError, EOFError) as error:
+        raise ValueError(f"data.corpus: {path} is not UTF-8 text ({error})") from None
+
+
 def read_documents(source: str, text_field: str = "text") -> list[tuple[str, str]]:
     """(id, text) pairs. A .txt file is one document; each .jsonl line is one (its ``text_field``)."""
     if source.startswith("hf:"):  # hf:<name>[:<split>]
@@ -65,11 +73,13 @@ def read_documents(source: str, text_field: str = "text") -> list[tuple[str, str
         documents = []
         for path in corpus_files(source):
             if path.suffix == ".txt":
-                documents.append((str(path), path.read_text()))
+                documents.append((str(path), read_file(path)))
                 continue
-            lines = (lzma.open(path, "rt") if path.suffix == ".xz" else path.open()).read().splitlines()
-            for i, line in enumerate(filter(None, lines)):
-                row = json.loads(line)
+            for i, line in enumerate(filter(None, read_file(path).splitlines())):
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"data.corpus: {path} line {i + 1} is not JSON ({error})") from None
                 if text_field not in row:
                     raise ValueError(f"data.corpus: {path} line {i + 1} has no field '{text_field}' "
                                      f"(data.text_field); it has {sorted(row)}")

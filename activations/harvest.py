@@ -35,6 +35,7 @@ def harvest(cache: ActivationCache, model, modules: dict[int, str], sequences: d
     with cache.lock():
         manifest = cache.manifest() or cache.new_manifest(width, batch_size)
         if all(state["complete"] for state in manifest["splits"].values()):
+            log.info("activation cache: reusing %s, which another job harvested while this one waited", cache.dir)
             return manifest
         batch_size = manifest["harvest_batch_size"]  # the same batches as before a kill: the same numbers
         for split, seqs in sequences.items():
@@ -61,4 +62,5 @@ def harvest(cache: ActivationCache, model, modules: dict[int, str], sequences: d
             bar.close()
             state["complete"] = True
             cache.write_manifest(manifest)
+        log.info("activation cache: harvested into %s", cache.dir)
         return manifest

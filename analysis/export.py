@@ -20,7 +20,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from activations.language_model import hub_id
+from checkpoint_io import check_readable
 from lightning_modules.sae import BatchTopKSAE, GatedSAE, JumpReLUSAE, SparseAutoencoder, TopKSAE
+from run_folder import read_metrics
 
 SAELENS_FORMAT_VERSION = "6.0.0"  # the cfg.json layout of SAELens 6 (metadata nested)
 
@@ -83,6 +85,11 @@ def export(run_dir: Path, out: Path, checkpoint: str = "last.ckpt") -> Path:
     for path in (config_file, ckpt):
         if not path.is_file():
             raise ValueError(f"{path} not found: is {run_dir} a training run folder?")
+    check_readable(str(ckpt), advice="export another of the run's checkpoints with checkpoint=<name>, or train "
+                                     "the run again")
+    status = read_metrics(run_dir).get("status")
+    if status != "finished":
+        print(f"note: {run_dir} has not finished (status {status}): exporting its checkpoint {checkpoint} as it is")
     cfg = OmegaConf.load(config_file)
     model = instantiate(cfg.model, loss=instantiate(cfg.loss))
     if not isinstance(model, SparseAutoencoder):
@@ -99,6 +106,8 @@ def export(run_dir: Path, out: Path, checkpoint: str = "last.ckpt") -> Path:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 def main(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg, "run"):
+        sys.exit("error: which run? python -m analysis.export run=<run folder>")
     run_dir = Path(cfg.run)
     try:
         out = export(run_dir, Path(cfg.out) if cfg.out else run_dir / "saelens", cfg.checkpoint)

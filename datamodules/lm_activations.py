@@ -210,7 +210,6 @@ class ActivationDataModule(pl.LightningDataModule):
             self.load_lm()
             manifest = harvest(cache, self.lm, self.modules, self.sequences, self.input_dim,
                                self.harvest_batch_size, self.shard_tokens, self.progress)
-            log.info(f"activation cache: harvested into {cache.dir}")
         shards = {split: cache.open(manifest, split, self.layer) for split in SPLITS}
         tokens = {split: cache.tokens(manifest, split) for split in shards}
         self.train_shards, self.train_tokens = shards["train"], tokens["train"]

@@ -1,6 +1,7 @@
 """Language-model activations: hooks, splicing, the on-disk cache and the batches read from it, on the
 real all-MiniLM-L6-v2 and a tiny GPT-2 (random weights, MiniLM's tokenizer) for the causal paths."""
 import logging
+import threading
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from activations.cache import ActivationCache
 from activations.corpus import tokenize
-from activations.harvest import activation_batches
+from activations.harvest import activation_batches, harvest
 from activations.language_model import hooks, load, model_path, run_to_last_hook, site_module_names
 from datamodules.lm_activations import ActivationDataModule
 from evaluation.downstream import downstream_fidelity
@@ -114,6 +115,30 @@ def test_cache_round_trips_bit_exactly_and_is_reused(tmp_path, caplog):
     assert "activation cache: reusing" in caplog.text and not hasattr(again, "lm")  # no model loaded at all
     assert torch.equal(again.splits["val"][0], dm.splits["val"][0])
     assert torch.equal(again.train_mean, dm.train_mean)
+
+
+def test_a_job_that_waited_for_another_jobs_harvest_says_it_reused_it(tmp_path, caplog):
+    cache = ActivationCache(tmp_path, {"model": "m", "layers": [1], "site": "resid", "dtype": "float16"})
+    manifest = cache.new_manifest(width=4, harvest_batch_size=2)
+    for state in manifest["splits"].values():
+        state["complete"] = True
+    holding, release = threading.Event(), threading.Event()
+
+    def other_job():  # holds the lock as a harvesting job does, and completes the cache
+        with cache.lock():
+            holding.set()
+            release.wait()
+            cache.write_manifest(manifest)
+
+    thread = threading.Thread(target=other_job)
+    thread.start()
+    holding.wait()
+    threading.Timer(0.5, release.set).start()
+    with caplog.at_level(logging.INFO):
+        assert harvest(cache, None, {}, {}, 4, 2, 16) == manifest  # nothing left to harvest: no model needed
+    thread.join()
+    assert f"waiting for another job's harvest into {cache.dir}" in caplog.text
+    assert f"reusing {cache.dir}, which another job harvested while this one waited" in caplog.text
 
 
 def test_training_batches_cover_the_train_split_once_per_epoch_with_and_without_cache(tmp_path):

@@ -112,9 +112,38 @@ def test_a_killed_harvest_resumes_to_the_same_cache(tmp_path):
     assert read_metrics(tmp_path / "run2")["fvu"] == read_metrics(tmp_path / "run3")["fvu"]
 
 
-def corrupt_shard(cache):
+def truncate_shard(cache):
     shard = next(cache.glob("*/train/L3-00000.npy"))
     shard.write_bytes(shard.read_bytes()[:200])
+
+
+def zero_payload(cache):  # as dd if=/dev/zero conv=notrunc over the data, the .npy header intact
+    shard = next(cache.glob("*/train/L3-00000.npy"))
+    data = shard.read_bytes()
+    shard.write_bytes(data[:128] + bytes(len(data) - 128))
+
+
+def random_payload(cache):
+    shard = next(cache.glob("*/train/L3-00000.npy"))
+    data = shard.read_bytes()
+    shard.write_bytes(data[:128] + np.random.default_rng(0).bytes(len(data) - 128))
+
+
+def nan_in_val(cache):
+    shard = next(cache.glob("*/val/L3-00000.npy"))
+    array = np.load(shard)
+    array[0, 0] = np.nan
+    np.save(shard, array)
+
+
+def truncate_tokens(cache):
+    shard = next(cache.glob("*/test/tokens-00000.npy"))
+    shard.write_bytes(shard.read_bytes()[:100])
+
+
+def binary_corpus(tmp_path):
+    (tmp_path / "corpus.txt").write_bytes(bytes(range(256)) * 4)
+    return f"data.corpus={tmp_path / 'corpus.txt'}"
 
 
 def mismatch_key(cache):
@@ -128,7 +157,13 @@ def mismatch_key(cache):
     ("data.site=mlp_out", None, "data.site=mlp_out not found in BertLayer"),
     ("data.corpus=/nonexistent/corpus.txt", None, "data.corpus=/nonexistent/corpus.txt: no such file"),
     ("data.corpus=EMPTY", None, "holds no text"),
-    (None, corrupt_shard, "is missing or corrupt"),
+    ("data.layer=abc", None, "data.layer=abc is not an int"),
+    (binary_corpus, None, "corpus.txt is not UTF-8 text"),
+    (None, truncate_shard, "L3-00000.npy is missing, truncated or corrupt"),
+    (None, zero_payload, "L3-00000.npy is corrupt (its bytes differ from the harvest's checksum)"),
+    (None, random_payload, "L3-00000.npy is corrupt (its bytes differ from the harvest's checksum)"),
+    (None, nan_in_val, "val/L3-00000.npy is corrupt (its bytes differ from the harvest's checksum)"),
+    (None, truncate_tokens, "test/tokens-00000.npy is missing, truncated or corrupt"),
     (None, mismatch_key, "was written for another key (differs in ['context_length'])"),
 ])
 def test_bad_lm_input_fails_in_one_line_before_training(tmp_path, override, damage, message):
@@ -138,6 +173,8 @@ def test_bad_lm_input_fails_in_one_line_before_training(tmp_path, override, dama
                 f"hydra.run.dir={tmp_path / 'good'}")
         damage(cache)
     before = {p: p.read_bytes() for p in cache.rglob("*") if p.is_file()}
+    if callable(override):
+        override = override(tmp_path)
     if override == "data.corpus=EMPTY":
         (tmp_path / "empty.txt").write_text("  \n")
         override = f"data.corpus={tmp_path / 'empty.txt'}"
@@ -176,3 +213,34 @@ def test_recipe_analysis_tables_runs_and_traces_validation_from_the_history(laye
     direct = 1 - (x - x_hat).square().sum() / (x - datamodule.train_mean.double()).square().sum()
     assert explained == pytest.approx(float(direct), abs=1e-3)
     assert "wrote" in result.stdout
+
+
+def test_an_lm_run_killed_during_its_read_outs_measures_downstream_fidelity_when_run_again(layer_sweep, tmp_path):
+    root, _ = layer_sweep
+    args = [*LM_QUICK, "experiment=lm_layers", "data.layers=[1,4]", "data.layer=1", f"data.cache_dir={root / 'cache'}",
+            f"hydra.run.dir={tmp_path}"]
+    killed = run_cli("train.py", *args, "+callbacks.kill._target_=kill_at.KillAt", "+callbacks.kill.hook=on_train_end",
+                     env={"PYTHONPATH": str(ROOT / "tests")}, check=False)
+    assert killed.returncode == -9 and read_metrics(tmp_path)["status"] != "finished"
+    run_cli("train.py", *args)
+    metrics = read_metrics(tmp_path)
+    assert metrics["status"] == "finished" and LM_KEYS <= set(metrics)
+    assert metrics["fvu"] == read_metrics(root / "sweep" / "0")["fvu"]  # the same training as the sweep's layer 1
+
+
+def test_export_says_in_one_line_what_is_wrong(layer_sweep, tmp_path):
+    root, _ = layer_sweep
+    result = run_cli("-m", "analysis.export", check=False, cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == "error: which run? python -m analysis.export run=<run folder>"
+    run = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(root / "sweep" / "0"), str(run)], check=True)
+    metrics = read_metrics(run) | {"status": "running"}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    unfinished = run_cli("-m", "analysis.export", f"run={run}", f"out={tmp_path / 'out'}")
+    assert f"note: {run} has not finished (status running)" in unfinished.stdout
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:2000])
+    truncated = run_cli("-m", "analysis.export", f"run={run}", check=False)
+    assert truncated.returncode != 0 and "Traceback" not in truncated.stderr
+    assert truncated.stderr.strip().splitlines()[-1].startswith(f"error: checkpoint {last} is truncated or corrupt")

@@ -113,9 +113,20 @@ def test_theorem_command_prints_exact_agreement(tmp_path):
     ("loss.weights.lse=-1", "weights must be >= 0"),
     ("model.activation=tanh", "unknown model.activation 'tanh'"),
     ("trainer.max_epochs=0", "trainer.max_epochs=0 trains nothing"),
+    ("trainer.max_epochs=-1", "trainer.max_epochs=-1 (no limit) trains forever without trainer.max_steps"),
+    ("trainer.max_epochs=abc", "trainer.max_epochs=abc is not an int"),
+    ("model.hidden_dim=abc", "model.hidden_dim=abc is not an int"),
+    ("model.hidden_dim=1.5", "model.hidden_dim=1.5 is not an int"),
+    ("model.lr=nan", "model.lr=nan is not a finite number"),
+    ("model.lr=???", "model.lr=??? has no value"),
+    ("seed=-1", "seed=-1 must be an int in [0, 2**32 - 1]"),
+    ("checkpoint.every_n_steps=0", "checkpoint.every_n_steps=0 must be an int > 0"),
+    ("calibrate.target_l0=abc", "calibrate.target_l0=abc is not a number"),
+    ("trainer=ddp", "torch sees no CUDA GPU here: add trainer.accelerator=cpu"),
 ])
 def test_impossible_values_fail_in_one_line_before_training(tmp_path, override, message):
-    result = run_cli("train.py", *QUICK, override, f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    result = run_cli("train.py", *QUICK, override, f"hydra.run.dir={tmp_path / 'run'}", check=False,
+                     env={"CUDA_VISIBLE_DEVICES": ""})  # trainer=ddp: as on a machine without GPUs
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("error: ") and message in lines[-1]
@@ -139,7 +150,8 @@ def test_non_finite_loss_stops_with_the_step_and_term(tmp_path):
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert "non-finite loss at step 0" in last and "'lse'" in last
-    assert read_metrics(tmp_path)["status"].startswith("failed: non-finite loss")
+    metrics = read_metrics(tmp_path)
+    assert metrics["status"] == "failed" and metrics["error"].startswith("non-finite loss")
 
 
 def test_a_run_resumed_from_a_checkpoint_continues_in_its_run_folder(tmp_path):
