@@ -85,7 +85,8 @@ def main(cfg: DictConfig) -> None:
                            and "explained_variance" in run.metrics))
     runs.sort(key=lambda run: (run.config["model"]["lr"], run.metrics["epoch"]))
     rows = [row(run) for run in runs]
-    curves = {f"lr {r['lr']:g}, {r['epochs']} epochs": curve(run) for r, run in zip(rows, runs)}
+    curves = {f"lr {r['lr']:g}, {r['epochs']} epoch{'s' * (r['epochs'] != 1)}": curve(run)
+              for r, run in zip(rows, runs)}
     data = runs[0].config["data"]
     text = (f"# {data['model']} layer {data['layer']}: the recipe by learning rate and length\n\n"
             f"Test tokens; targets: L0 <= {TARGET_L0} and explained variance >= {TARGET_EXPLAINED:.1%} "
