@@ -151,7 +151,6 @@ def fit(cfg: DictConfig) -> pl.Trainer | None:
         if ckpt_path:
             check_readable(ckpt_path)
         datamodule, model = build(cfg)
-        callbacks = make_callbacks(cfg)
     except CONFIG_ERRORS as error:
         if rank_zero_only.rank == 0:
             remove_if_empty(run_dir)
@@ -173,6 +172,7 @@ def fit(cfg: DictConfig) -> pl.Trainer | None:
         logger._wandb_init.pop("anonymous", None)  # Lightning always passes it; W&B 0.31 warns that it has no effect
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True) | {"calibration": calibrated})
+    callbacks = make_callbacks(cfg)  # after calibration: a callback may read the calibrated lambda
     if calibrated:
         for callback in callbacks:
             if isinstance(callback, MetricsFile):

@@ -131,7 +131,7 @@ def test_a_read_only_run_folder_is_one_line_before_anything(tmp_path):
 def test_a_diverging_run_fails_in_one_line_with_status_failed(tmp_path):
     result = run_cli("train.py", *ARGS, "model.lr=1e30", f"hydra.run.dir={tmp_path}", check=False)
     line = result.stderr.strip().splitlines()[-1]
-    assert result.returncode != 0 and line.startswith("error: non-finite loss at step ")
+    assert result.returncode != 0 and line.startswith("error: non-finite loss at step ") and "term(s) [" in line
     assert "checkpoints" not in line  # none was written before the loss diverged
     metrics = read_metrics(tmp_path)
     assert metrics["status"] == "failed" and metrics["error"].startswith("non-finite loss at step ")
