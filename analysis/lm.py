@@ -3,7 +3,7 @@
 the feature-density histograms, and the matched-L0 Pareto of every architecture against two baselines,
 predicting the train mean (FVU 1) and PCA with k components for a code of k active numbers per token.
 
-    python -m analysis.lm dir=multirun/<date>/<time>
+    python -m analysis.lm dir=multirun/<date>/<time> [out=results/<name>]
 """
 from collections import defaultdict
 from pathlib import Path
@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from analysis.runs import architecture, column, group, load_runs, markdown_table, mean_std, seeds_note
+from analysis.stamp import stamp_line
 from evaluation.linear_fits import pca_fvu
 from evaluation.plots import density_histogram, publish, save_figure
 
@@ -137,7 +138,9 @@ def main(cfg: DictConfig) -> None:
     text = (f"# SAEs on LM activations (test tokens; mean ± std over seeds, {seeds_note(groups)})\n\n"
             + markdown_table(rows, COLUMNS)
             + "\n## PCA baseline: test FVU with k principal components of train\n\n" + "\n".join(pca_rows) + "\n")
-    out = Path(cfg.dir) / "analysis"
+    out = Path(cfg.out) if cfg.get("out") else Path(cfg.dir) / "analysis"
+    if cfg.get("out"):
+        text += f"\n{stamp_line()} Runs: {cfg.dir}.\n"
     for stem, figure in (("lm_layers", layer_figure(groups)), ("lm_feature_density", density_figure(groups))):
         for path in save_figure(figure, out / stem):
             print(f"wrote {path}")
