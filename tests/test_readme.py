@@ -1,4 +1,4 @@
-"""What the README tells a user to type: every train.py override it names composes, the options of plain
+"""What the README and docs/ tell a user to type: every train.py override they name composes, the options of plain
 training run, and --help says what the script does."""
 import re
 
@@ -11,9 +11,10 @@ ANALYSIS_KEYS = {"dir", "run", "out"}  # the analysis and export commands' own k
 
 
 def documented_overrides() -> list[str]:
-    """``key=value`` and ``group=option`` in the README's code spans, alternatives (``a|b``) and sweeps (``a,b``)
-    expanded; placeholders (``<dir>``, ``…``, ``[...]``) and commands' flags left out."""
-    text, found = (ROOT / "README.md").read_text(), []
+    """``key=value`` and ``group=option`` in the code spans of the README and docs/, alternatives (``a|b``) and
+    sweeps (``a,b``) expanded; placeholders (``<dir>``, ``…``, ``[...]``) and commands' flags left out."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    text, found = "\n".join(page.read_text() for page in pages), []
     blocks = re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S)
     for span in blocks + re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S)):
         for token in span.split():
