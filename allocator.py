@@ -1,8 +1,8 @@
 """Freed memory stays in the process for the next tensor, instead of going back to the OS.
 
 glibc's malloc serves a block above M_MMAP_THRESHOLD (dynamic, at most 32 MB) with a fresh mmap and unmaps
-it when freed, so every large tensor's pages are faulted in and zeroed again: here, relu into a new
-4096 x 4096 tensor took 28 ms and into an existing one 5 ms. PyTorch's CPU allocator does not cache, and
+it when freed, so every large tensor's pages are faulted in and zeroed again, at every step of an LM-width
+SAE (benchmarks/speed.py measures both settings). PyTorch's CPU allocator does not cache, and
 its performance guide's remedy is an allocator that reuses memory (jemalloc, tcmalloc through LD_PRELOAD);
 this is the same for glibc from inside the process, without a restart."""
 import ctypes

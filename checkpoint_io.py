@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from lightning_fabric.plugins import TorchCheckpointIO
 
+from errors import first_line
+
 
 class UnreadableCheckpoint(ValueError):
     pass
@@ -30,7 +32,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             free = shutil.disk_usage(path.parent if path.parent.exists() else Path.cwd()).free / 2**20
             partial.unlink(missing_ok=True)
             kept = "an earlier one is kept whole" if path.is_file() else "no earlier one exists"
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else first_line(error)
             raise OSError(f"cannot write checkpoint {path} (stopped at {written:.1f} MiB with {free:.1f} MiB free "
                           f"on its disk: {reason}); {kept}, and the run resumes from it when started again with "
                           f"room") from error
@@ -46,5 +48,5 @@ def check_readable(path: str, advice: str = RESUME_ADVICE) -> None:
         if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
             raise ValueError("not a Lightning checkpoint: it holds no state_dict")
     except Exception as error:  # torch raises RuntimeError, EOFError, pickle's and zipfile's errors, ...
-        reason = str(error).splitlines()[0].split(". ")[0] if str(error) else type(error).__name__
+        reason = first_line(error).split(". ")[0]
         raise UnreadableCheckpoint(f"checkpoint {path} is truncated or corrupt ({reason}): {advice}") from None

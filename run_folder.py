@@ -11,6 +11,12 @@ from omegaconf import DictConfig, OmegaConf
 
 # what a run is; a resume whose config differs in these would load weights into another model or data
 WHAT_A_RUN_IS = ("model", "loss", "data")
+CHECKPOINTS, LAST_CHECKPOINT = "checkpoints", "last.ckpt"  # <run>/checkpoints/last.ckpt (conf: paths.checkpoints)
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint a killed run resumes from."""
+    return run_dir / CHECKPOINTS / LAST_CHECKPOINT
 
 
 class RunRefused(ValueError):
@@ -20,7 +26,7 @@ class RunRefused(ValueError):
 def run_dir_of(ckpt_path: str | None, default: str) -> str:
     """A run resumed from ``<run>/checkpoints/<name>.ckpt`` continues in ``<run>``; any other path is not a
     run's checkpoint, so the command gets a new folder (which it removes when it refuses the path)."""
-    if ckpt_path and Path(ckpt_path).parent.name == "checkpoints" and Path(ckpt_path).suffix == ".ckpt":
+    if ckpt_path and Path(ckpt_path).parent.name == CHECKPOINTS and Path(ckpt_path).suffix == ".ckpt":
         return str(Path(ckpt_path).resolve().parent.parent)
     return default
 
@@ -85,7 +91,7 @@ def checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> str | None:
             raise RunRefused(f"ckpt_path={cfg.ckpt_path} is not a run's checkpoint (<run folder>/checkpoints/"
                              f"<name>.ckpt), which a resume continues in")
     else:
-        path = run_dir / "checkpoints" / "last.ckpt"
+        path = last_checkpoint(run_dir)
         if not path.is_file():
             return None
     differences = config_differences(cfg, run_dir)

@@ -21,8 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from activations.language_model import hub_id
 from checkpoint_io import check_readable
-from lightning_modules.sae import BatchTopKSAE, GatedSAE, JumpReLUSAE, SparseAutoencoder, TopKSAE
-from run_folder import read_metrics
+from lightning_modules.sae import SparseAutoencoder
+from run_folder import CHECKPOINTS, LAST_CHECKPOINT, read_metrics
 
 SAELENS_FORMAT_VERSION = "6.0.0"  # the cfg.json layout of SAELens 6 (metadata nested)
 
@@ -33,14 +33,10 @@ def saelens_tensors(model: SparseAutoencoder) -> dict[str, torch.Tensor]:
     b_enc = model.encoder.bias.detach().double()
     W_dec = model.decoder_weight().detach().T.double() / s  # [d_sae, d_in]
     b_dec = model.b_dec.detach().double() / s
-    threshold = None
-    if isinstance(model, JumpReLUSAE):
-        threshold = model.theta().detach().double()
-    elif isinstance(model, BatchTopKSAE):  # evaluated as a JumpReLU at its learned threshold
-        threshold = model.threshold.detach().double().clamp_min(0).expand(model.hparams.hidden_dim)
+    threshold = model.inference_threshold()
+    threshold = None if threshold is None else threshold.detach().double()
     norms = W_dec.norm(dim=1)
-    per_example_topk = isinstance(model, TopKSAE) and not isinstance(model, BatchTopKSAE)
-    if not per_example_topk or torch.allclose(norms, norms.mean(), rtol=1e-5):
+    if model.saelens_architecture != "topk" or torch.allclose(norms, norms.mean(), rtol=1e-5):
         W_dec, W_enc, b_enc = W_dec / norms[:, None], W_enc * norms, b_enc * norms
         threshold = None if threshold is None else threshold * norms
     tensors = {"W_enc": W_enc, "W_dec": W_dec, "b_enc": b_enc, "b_dec": b_dec}
@@ -50,10 +46,7 @@ def saelens_tensors(model: SparseAutoencoder) -> dict[str, torch.Tensor]:
 
 
 def saelens_config(model: SparseAutoencoder, cfg: dict, hook_name: str | None, causal: bool = False) -> dict:
-    if isinstance(model, GatedSAE):
-        raise ValueError("a Gated SAE has no export to the SAELens format yet")
-    architecture = ("jumprelu" if isinstance(model, (JumpReLUSAE, BatchTopKSAE)) else "topk"
-                    if isinstance(model, TopKSAE) else "standard")
+    architecture = model.saelens_architecture
     data = cfg["data"]
     config = {"architecture": architecture, "d_in": model.hparams.input_dim, "d_sae": model.hparams.hidden_dim,
               "dtype": "float32", "apply_b_dec_to_input": True, "normalize_activations": "none",
@@ -80,8 +73,8 @@ def hooked_module(data: dict) -> tuple[str | None, bool]:
     return site_module_names(skeleton(config), [data["layer"]], data["site"])[data["layer"]], is_causal(config)
 
 
-def export(run_dir: Path, out: Path, checkpoint: str = "last.ckpt") -> Path:
-    config_file, ckpt = run_dir / "config_resolved.yaml", run_dir / "checkpoints" / checkpoint
+def export(run_dir: Path, out: Path, checkpoint: str = LAST_CHECKPOINT) -> Path:
+    config_file, ckpt = run_dir / "config_resolved.yaml", run_dir / CHECKPOINTS / checkpoint
     for path in (config_file, ckpt):
         if not path.is_file():
             raise ValueError(f"{path} not found: is {run_dir} a training run folder?")
@@ -92,8 +85,9 @@ def export(run_dir: Path, out: Path, checkpoint: str = "last.ckpt") -> Path:
         print(f"note: {run_dir} has not finished (status {status}): exporting its checkpoint {checkpoint} as it is")
     cfg = OmegaConf.load(config_file)
     model = instantiate(cfg.model, loss=instantiate(cfg.loss))
-    if not isinstance(model, SparseAutoencoder):
-        raise ValueError(f"{type(model).__name__} has no decoder to export (only the SAE family exports)")
+    if getattr(model, "saelens_architecture", None) is None:
+        raise ValueError(f"{type(model).__name__} has no export to the SAELens format"
+                         + ("" if hasattr(model, "decoder_weight") else ": it has no decoder (only the SAE family exports)"))
     model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
     from safetensors.torch import save_file
 

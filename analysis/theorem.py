@@ -17,12 +17,13 @@ from omegaconf import DictConfig
 
 from evaluation.plots import save_figure
 from lightning_modules.losses import CompositeLoss
+from lightning_modules.outputs import Code
 
 
 def gradient_vs_responsibility(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Autograd's d(sum_i LSE(a_i))/da through the loss registry, and softmax(-a), for the same a."""
     energies = a.detach().clone().requires_grad_(True)
-    CompositeLoss({"lse": 1.0}, reduction="sum")({"a": energies})["objective"].backward()
+    CompositeLoss({"lse": 1.0}, reduction="sum")(Code(x=energies, z=energies, a=energies))["objective"].backward()
     return energies.grad, torch.softmax(-energies.detach(), dim=-1)
 
 

@@ -48,7 +48,8 @@ def main(cfg: DictConfig) -> None:
     shared = set.intersection(*(set(run.overrides) for run in runs)) if len(runs) > 1 else set()
     names = [f"{run.path.name}: {','.join(o for o in run.overrides if o not in shared) or 'defaults'}"
              for run in runs]  # what tells the runs apart
-    # runs timed before checkpoints and figures had phases of their own counted them in between_steps and end_of_fit
+    # runs timed before checkpoints had a phase of their own counted them in between_steps and end_of_fit; runs
+    # timed while the figures had one ("figures") are read without it
     rows = [dict.fromkeys(PHASES, 0.0) | run.metrics["time"] for run in runs]
     summed = {key: sum(seconds[key] for seconds in rows) for key in (*PHASES, "total")}
     summary = f"summed over {len(rows)} runs, {summed['total']:.0f} s: {share_line(summed)}"

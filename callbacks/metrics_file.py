@@ -9,6 +9,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from errors import first_line
+
 
 def write_json(path: Path, payload: dict) -> None:
     """Atomic write: a reader never sees half a file, even if the process is killed mid-write."""
@@ -33,20 +35,23 @@ def report(trainer, values: dict[str, float]) -> None:
 
 
 class MetricsFile(pl.Callback):
-    def __init__(self, path: str):
+    def __init__(self, path: str, extra: dict | None = None):
         self.path = Path(path)
-        self.extra: dict = {}  # values measured outside the trainer (calibration, fidelity)
+        self.extra = dict(extra or {})  # values measured outside the trainer (the calibration)
         self.measured: dict = {}  # every value the trainer reported, the latest of each
 
-    def write(self, trainer, status: str, **values) -> None:
+    def write(self, trainer, status: str, **values) -> dict:
         """``status``: running, trained (fit ended; a test may follow), failed (with ``error``), interrupted,
-        and finished, which train.py writes once every read-out, the test and the timing are in."""
+        and finished, which train.py writes once every read-out, the test and the timing are in. Returns
+        what it wrote (nothing on other ranks than 0)."""
         if trainer.global_rank != 0:
-            return
+            return {}
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
         self.measured |= {name: value if math.isfinite(value) else str(value) for name, value in metrics.items()}
-        write_json(self.path, {"status": status, "epoch": epochs_trained(trainer),
-                               "global_step": trainer.global_step, **self.measured, **self.extra, **values})
+        payload = {"status": status, "epoch": epochs_trained(trainer), "global_step": trainer.global_step,
+                   **self.measured, **self.extra, **values}
+        write_json(self.path, payload)
+        return payload
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking:
@@ -73,8 +78,7 @@ class MetricsFile(pl.Callback):
             if isinstance(exception, SystemExit):
                 self.write(trainer, "interrupted")
             else:
-                self.write(trainer, "failed", error=str(exception).splitlines()[0] if str(exception) else
-                           type(exception).__name__)
+                self.write(trainer, "failed", error=first_line(exception))
         except OSError:  # the disk that failed the run may refuse this file too; the run's own error is reported
             pass
 

@@ -10,12 +10,10 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 from tqdm import tqdm
 
 from callbacks.metrics_file import epochs_trained
-from datamodules.resumable import optimizer_steps
 
 log = logging.getLogger(__name__)
 
 SHOWN = ("l0", "dead_fraction", "val/ce", "val/acc")  # beside every val/ loss term, where the run has them
-TRAINING = ("train/total", "train/l0")  # the models' log_step writes them to callback_metrics, not through self.log
 
 
 def duration(seconds: float) -> str:
@@ -37,13 +35,12 @@ class Progress(TQDMProgressBar):
     def get_metrics(self, trainer, pl_module):
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)  # the logger's version: the run folder says which run this is
-        return metrics | {name: float(trainer.callback_metrics[name]) for name in TRAINING
-                          if name in trainer.callback_metrics}
+        return metrics
 
     def on_train_start(self, trainer, pl_module):
         super().on_train_start(trainer, pl_module)
         self.started = self.last_line = time.monotonic()
-        self.first_step, self.total_steps = trainer.global_step, optimizer_steps(trainer)
+        self.first_step, self.total_steps = trainer.global_step, trainer.estimated_stepping_batches
 
     def on_train_epoch_start(self, trainer, pl_module):
         super().on_train_epoch_start(trainer, pl_module)

@@ -20,6 +20,8 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from run_folder import LAST_CHECKPOINT
+
 log = logging.getLogger(__name__)
 
 
@@ -42,27 +44,9 @@ class RNGState(pl.Callback):
             torch.cuda.set_rng_state_all(state_dict["cuda"])
 
 
-class StepCheckpoint(pl.Callback):
-    """``last.ckpt`` at the end of every batch whose optimiser steps pass a multiple of ``every_n_steps``.
-    ModelCheckpoint's ``every_n_train_steps`` saves only where a batch ends exactly on a multiple, which a
-    batch of several steps (``data.steps_per_batch``) can step over."""
-
-    def __init__(self, path: str, every_n_steps: int):
-        if every_n_steps <= 0:
-            raise ValueError(f"checkpoint.every_n_steps must be > 0, got {every_n_steps}")
-        self.path, self.every_n_steps = Path(path), every_n_steps
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.period = trainer.global_step // self.every_n_steps
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step // self.every_n_steps > self.period:
-            trainer.save_checkpoint(self.path)  # every rank takes part; rank 0 writes
-
-
 class Preemption(pl.Callback):
-    def __init__(self, path: str, requeue_signal: str = "USR2"):
-        self.path = Path(path)
+    def __init__(self, dirpath: str, requeue_signal: str = "USR2"):
+        self.path = Path(dirpath) / LAST_CHECKPOINT
         self.requeue_signal = signal.Signals[f"SIG{requeue_signal}"]
         self.pending = None  # submitit's handler, waiting for the end of the batch
 

@@ -1,7 +1,6 @@
 """Where a run's wall time goes. This callback times what happens inside fit: the training steps (from
 a batch's start to its end: forward, backward, optimiser, per-step hooks), the validation loops and every
-checkpoint write, and marks fit's start and training's end; the per-run figures report their own time
-(``charge``). train.py adds the marks around fit (the job's start, fit's return, the logger's finish) and
+checkpoint write, and marks fit's start and training's end. train.py adds the marks around fit (the job's start, fit's return, the logger's finish) and
 writes the seconds per phase into metrics.json (``time``)."""
 import time
 
@@ -9,8 +8,7 @@ import psutil
 import pytorch_lightning as pl
 from lightning_fabric.plugins import CheckpointIO
 
-PHASES = ("start_up", "training_steps", "validation", "checkpoints", "between_steps", "end_of_fit", "figures",
-          "finish")
+PHASES = ("start_up", "training_steps", "validation", "checkpoints", "between_steps", "end_of_fit", "finish")
 
 
 class TimedCheckpointIO(CheckpointIO):
@@ -37,7 +35,7 @@ class TimedCheckpointIO(CheckpointIO):
 
 class Stopwatch(pl.Callback):
     def __init__(self):
-        self.seconds = {"training_steps": 0.0, "validation": 0.0, "checkpoints": 0.0, "figures": 0.0}
+        self.seconds = {"training_steps": 0.0, "validation": 0.0, "checkpoints": 0.0}
         self.marks: dict[str, float] = {}
 
     def setup(self, trainer, pl_module, stage):
@@ -70,25 +68,15 @@ class Stopwatch(pl.Callback):
     def shares(self, job_start: float, fit_end: float, end: float, first_job: bool) -> dict[str, float]:
         """Seconds per phase and their total. Start-up runs from the process's start for the first job of a
         process (imports included), else from the job's; between_steps is the rest of training (fetching
-        batches, epoch ends), end_of_fit what follows it (read-outs, probes, unit statistics) less the figures
-        and checkpoints."""
+        batches, epoch ends), end_of_fit what follows it (read-outs, probes, unit statistics and their figures)
+        less the checkpoints."""
         started = psutil.Process().create_time() if first_job else job_start
         seconds = {"start_up": self.marks["fit_start"] - started, **self.seconds, "finish": end - fit_end}
         seconds["between_steps"] = (self.marks["train_end"] - self.marks["fit_start"] - self.seconds["training_steps"]
                                     - self.seconds["validation"] - self.checkpoints_in_training)
-        seconds["end_of_fit"] = (fit_end - self.marks["train_end"] - self.seconds["figures"]
-                                 - (self.seconds["checkpoints"] - self.checkpoints_in_training))
+        seconds["end_of_fit"] = fit_end - self.marks["train_end"] - (self.seconds["checkpoints"]
+                                                                     - self.checkpoints_in_training)
         return {name: round(seconds[name], 3) for name in PHASES} | {"total": round(end - started, 3)}
-
-
-def stopwatch_of(trainer) -> Stopwatch | None:
-    return next((callback for callback in trainer.callbacks if isinstance(callback, Stopwatch)), None)
-
-
-def charge(trainer, phase: str, seconds: float) -> None:
-    """Count work done after training (the per-run figures) as its own phase, out of end_of_fit."""
-    if (stopwatch := stopwatch_of(trainer)) is not None:
-        stopwatch.seconds[phase] += seconds
 
 
 def share_line(seconds: dict[str, float]) -> str:

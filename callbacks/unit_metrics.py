@@ -1,6 +1,5 @@
 """Dead units, redundancy, responsibilities and feature usage on the validation set, logged at the
 end of each validation epoch; per-run figures and arrays at the end of fit."""
-import time
 from pathlib import Path
 
 import numpy as np
@@ -8,8 +7,6 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import WandbLogger
 
-from callbacks.metrics_file import MetricsFile
-from callbacks.stopwatch import charge
 from callbacks.unit_statistics import UnitStatistics
 from evaluation.plots import save_figure, unit_figures
 
@@ -50,7 +47,7 @@ class UnitMetrics(pl.Callback):
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if not trainer.sanity_checking:
-            self.stats.update(outputs["z"], outputs["a"])
+            self.stats.update(outputs.z, outputs.a)
 
     def on_validation_epoch_end(self, trainer, pl_module):
         if trainer.sanity_checking:
@@ -71,16 +68,10 @@ class UnitMetrics(pl.Callback):
             on_rank_zero = UnitStatistics(self.n_units, corr_units=self.corr_units, sync_on_compute=False)
             values = self.measure(on_rank_zero, trainer, pl_module)
             self.arrays = {name: values[name].cpu().numpy() for name in ("corr", "firing_frequency", "active_counts")}
-        counts = self.arrays["active_counts"]
-        shown = int(np.flatnonzero(counts)[-1]) + 1 if counts.any() else 1
-        for callback in trainer.callbacks:  # the histogram beside the scalars (MetricsFile writes after this)
-            if isinstance(callback, MetricsFile):
-                callback.extra["active_count_histogram"] = [int(n) for n in counts[:shown]]
         directions = pl_module.feature_directions().detach().cpu().numpy()
         np.savez(self.output_dir / "unit_stats.npz", directions=directions, **self.arrays)
         if not self.figures:
             return
-        started = time.perf_counter()
         figures = unit_figures(self.arrays["corr"], directions, self.arrays["firing_frequency"],
                                self.arrays["active_counts"], f"{self.label} ({self.output_dir})")
         for name, figure in figures.items():
@@ -88,4 +79,3 @@ class UnitMetrics(pl.Callback):
                 for logger in trainer.loggers:
                     if isinstance(logger, WandbLogger) and path.suffix == ".png":
                         logger.log_image(key=f"figures/{name}", images=[str(path)])
-        charge(trainer, "figures", time.perf_counter() - started)

@@ -21,7 +21,6 @@ from datamodules.resumable import ResumableBatches
 from datamodules.tensor_batches import TensorBatches, rank_and_world_size
 
 log = logging.getLogger(__name__)
-SITES_HELP = "resid, attn, mlp or a submodule path"
 
 
 class ShardBatches(ResumableBatches):
@@ -247,9 +246,6 @@ class ActivationDataModule(pl.LightningDataModule):
         if self.scale_inputs:  # E||s x|| = sqrt(d) on train (SAELens's activation scaler)
             self.input_scale = math.sqrt(self.input_dim) / mean_norm
             log.info(f"input scaling: x * {self.input_scale:.4g} (E||x|| = {mean_norm:.4g} on train)")
-
-    def inverse(self, x: Tensor) -> Tensor:
-        return x
 
     def train_dataloader(self):
         if not self.use_cache:

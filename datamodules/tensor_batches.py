@@ -12,27 +12,23 @@ NORMALIZATIONS = ("none", "center", "standardize")
 
 class TensorBatches(ResumableBatches):
     def __init__(self, tensors: tuple[Tensor, ...], batch_size: int, shuffle: bool, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, steps_per_batch: int = 1):
+                 rank: int = 0, world_size: int = 1):
         self.tensors, self.batch_size, self.shuffle = tensors, batch_size, shuffle
-        self.seed, self.rank, self.world_size, self.steps_per_batch = seed, rank, world_size, steps_per_batch
+        self.seed, self.rank, self.world_size = seed, rank, world_size
 
     def _indices(self) -> Tensor:
         n = len(self.tensors[0])
         order = torch.randperm(n, generator=self.generator()) if self.shuffle else torch.arange(n)
         return order[even_split(n, self.rank, self.world_size)]
 
-    def steps_per_epoch(self) -> int:
-        """Batches of batch_size rows in an epoch (one optimiser step each)."""
-        return -(-(len(self.tensors[0]) // self.world_size) // self.batch_size)
-
     def __len__(self) -> int:
-        return -(-self.steps_per_epoch() // self.steps_per_batch)
+        return -(-(len(self.tensors[0]) // self.world_size) // self.batch_size)
 
     def batches(self, skip: int):
         indices = self._indices()
         for start in range(skip * self.batch_size, len(indices), self.batch_size):
             chunk = indices[start:start + self.batch_size]
-            # index_select, not t[chunk]: the same rows, gathered 2-3x faster on CPU (benchmarks/speed.py)
+            # index_select, not t[chunk]: the same rows, gathered faster on CPU (benchmarks/speed.py times both)
             yield tuple(t.index_select(0, chunk) for t in self.tensors)
 
 
@@ -40,13 +36,10 @@ class TensorDataModule(pl.LightningDataModule):
     """Subclasses implement ``load() -> {"train"|"val"|"test": (x, y)}``; normalisation is fitted on train."""
 
     def __init__(self, input_dim: int, batch_size: int = 256, eval_batch_size: int = 4096,
-                 normalize: str = "none", seed: int = 0, steps_per_batch: int = 1):
+                 normalize: str = "none", seed: int = 0):
         super().__init__()
         if batch_size <= 0 or eval_batch_size <= 0:
             raise ValueError(f"data.batch_size must be > 0, got {batch_size} (eval {eval_batch_size})")
-        if steps_per_batch <= 0:
-            raise ValueError(f"data.steps_per_batch must be > 0, got {steps_per_batch}")
-        self.steps_per_batch = steps_per_batch
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"unknown data.normalize {normalize!r}; choose from {list(NORMALIZATIONS)}")
         self.input_dim, self.batch_size, self.eval_batch_size = input_dim, batch_size, eval_batch_size
@@ -78,8 +71,7 @@ class TensorDataModule(pl.LightningDataModule):
     def _batches(self, split: str, shuffle: bool) -> TensorBatches:
         rank, world = rank_and_world_size(self.trainer)
         size = self.batch_size if shuffle else self.eval_batch_size
-        grouped = self.steps_per_batch if shuffle else 1
-        return TensorBatches(self.splits[split], size, shuffle, self.seed, rank, world, grouped).following(self.trainer)
+        return TensorBatches(self.splits[split], size, shuffle, self.seed, rank, world).following(self.trainer)
 
     def train_dataloader(self):
         return self._batches("train", shuffle=True)

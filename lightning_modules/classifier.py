@@ -30,10 +30,6 @@ class MLPClassifier(pl.LightningModule):
         self.ce = nn.ModuleDict({split: MeanMetric() for split in ("val", "test")})
         self.acc = nn.ModuleDict({split: MulticlassAccuracy(n_classes, average="micro") for split in ("val", "test")})
 
-    def setup(self, stage: str) -> None:
-        if getattr(self.trainer.datamodule, "steps_per_batch", 1) != 1:
-            raise ValueError("model=classifier takes one optimiser step a batch: set data.steps_per_batch=1")
-
     def hidden(self, x: Tensor) -> Tensor:
         x = x.flatten(1)
         h = self.w_in(x)
@@ -41,9 +37,6 @@ class MLPClassifier(pl.LightningModule):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.w_out(self.hidden(x))
-
-    def logits(self, x: Tensor) -> Tensor:
-        return self(x)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch

@@ -5,13 +5,12 @@ from torch import Tensor, nn
 
 from lightning_modules.base import SparseCoder
 from lightning_modules.losses import CompositeLoss
+from lightning_modules.outputs import Code
 
 ACTIVATIONS = {"relu": F.relu, "softplus": F.softplus, "identity": lambda z: z}
 
 
 class DecoderFreeEncoder(SparseCoder):
-    provides = frozenset({"x", "z", "a"})
-
     def __init__(
         self,
         input_dim: int,
@@ -37,9 +36,9 @@ class DecoderFreeEncoder(SparseCoder):
         z = self.linear(x * self.input_scale)
         return z, self.activation(z)
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor) -> Code:
         z, a = self.encode(x)
-        return {"x": x * self.input_scale, "z": z, "a": a}
+        return Code(x * self.input_scale, z, a)
 
     def feature_directions(self) -> Tensor:
         return self.linear.weight

@@ -1,38 +1,52 @@
 """One registry of named loss terms, shared by the decoder-free encoder and every SAE.
 
-A model's forward pass returns a dict of tensors (``x``, ``z``, ``a``, and ``x_hat`` when it has a
-decoder). A term reads the keys it declares and returns either one value per example (averaged over
-the batch when reported) or one value for the whole batch (batch statistics such as the variance and
-decorrelation terms, where a per-example reduction has no meaning). Terms and ``total`` are reported on
+A model's forward pass returns a typed output (``lightning_modules/outputs.py``: ``x``, ``z``, ``a``, and
+``x_hat`` when it has a decoder). A term declares the output type it reads and takes only the options it
+names, and returns either one value per example (averaged over the batch when reported) or one value for
+the whole batch (batch statistics of the code, such as the variance and decorrelation terms, where a
+per-example reduction has no meaning). Terms and ``total`` are reported on
 this per-example scale, in training and evaluation alike; ``objective`` is what is optimised, where the
 composite's ``reduction`` decides whether per-example terms are summed over the batch (the paper) or
 averaged.
 
 Under data parallelism, N ranks with batch B train as one process with batch N*B: batch statistics are
-computed on the global batch (``global_batch`` gathers it with gradients), and a per-rank ``sum`` is
+computed on the global batch's code (``global_batch`` gathers it with gradients), and a per-rank ``sum`` is
 scaled by N, since DDP averages the ranks' gradients.
 """
+import dataclasses
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
 
+from lightning_modules.outputs import (Code, GatedOutput, JumpReLUOutput, MatryoshkaOutput, Reconstruction,
+                                       TopKOutput)
+
 
 @dataclass(frozen=True)
 class LossTerm:
     fn: Callable[..., Tensor]
-    needs: frozenset[str]
+    reads: type  # the model output it needs (lightning_modules/outputs.py)
     per_example: bool
     sparsity: bool  # scaled by the sparsity warm-up of the training schedule
+    options: tuple[str, ...]  # the loss options it takes, by the names of its keyword arguments
+
+    def __call__(self, out: Code, options: dict) -> Tensor:
+        """The term on ``out``, given the options it takes out of all the loss's ``options``."""
+        return self.fn(out, **{name: options[name] for name in self.options})
 
 
 LOSS_TERMS: dict[str, LossTerm] = {}
 
 
-def register(name: str, needs: tuple[str, ...], per_example: bool = True, sparsity: bool = False):
+def register(name: str, reads: type = Code, per_example: bool = True, sparsity: bool = False):
+    """A loss term: ``fn(out, **its options) -> Tensor``, one value per example or, with ``per_example=False``,
+    one for the batch (it then sees the global batch's code under data parallelism)."""
     def decorator(fn):
-        LOSS_TERMS[name] = LossTerm(fn, frozenset(needs), per_example, sparsity)
+        options = tuple(inspect.signature(fn).parameters)[1:]
+        LOSS_TERMS[name] = LossTerm(fn, reads, per_example, sparsity, options)
         return fn
 
     return decorator
@@ -50,22 +64,22 @@ def batch_correlation(a: Tensor, eps: float) -> Tensor:
     return cov / (std[:, None] * std[None, :])
 
 
-@register("lse", needs=("a",))
-def lse(out: dict, eps: float, bounded_variance: bool, tanh_scale: float) -> Tensor:
-    return lse_and_responsibilities(out["a"])[0]
+@register("lse")
+def lse(out: Code) -> Tensor:
+    return lse_and_responsibilities(out.a)[0]
 
 
-@register("variance", needs=("a",), per_example=False)
-def variance(out: dict, eps: float, bounded_variance: bool, tanh_scale: float) -> Tensor:
-    var = out["a"].var(dim=0)
+@register("variance", per_example=False)
+def variance(out: Code, eps: float, bounded_variance: bool) -> Tensor:
+    var = out.a.var(dim=0)
     if bounded_variance:  # minimised at Var = 1 instead of rewarding unbounded growth
         return (var - torch.log(var + eps)).sum()
     return -torch.log(var + eps).sum()
 
 
-@register("decorrelation", needs=("a",), per_example=False)
-def decorrelation(out: dict, eps: float, bounded_variance: bool, tanh_scale: float) -> Tensor:
-    corr = batch_correlation(out["a"], eps)
+@register("decorrelation", per_example=False)
+def decorrelation(out: Code, eps: float) -> Tensor:
+    corr = batch_correlation(out.a, eps)
     off_diagonal = corr - torch.diag_embed(torch.diagonal(corr))
     return (off_diagonal**2).sum()
 
@@ -100,22 +114,25 @@ class CompositeLoss:
             raise ValueError(f"loss.tanh_scale must be > 0, got {tanh_scale}")
         self.options = dict(eps=eps, bounded_variance=bounded_variance, tanh_scale=tanh_scale)
 
-    def check_outputs(self, provided: frozenset[str], model_name: str) -> None:
+    def check_outputs(self, output_type: type, model_name: str) -> None:
+        """Refuses a term that reads more than the model's output type holds."""
         for name in self.weights:
-            missing = LOSS_TERMS[name].needs - provided
-            if missing:
-                raise ValueError(f"loss term '{name}' needs {sorted(missing)}, which {model_name} does not produce")
+            reads = LOSS_TERMS[name].reads
+            if not issubclass(output_type, reads):
+                missing = sorted({f.name for f in dataclasses.fields(reads)} - {f.name for f in dataclasses.fields(output_type)})
+                raise ValueError(f"loss term '{name}' needs {missing} (a {reads.__name__}), which {model_name} does "
+                                 f"not produce (its forward returns a {output_type.__name__})")
 
-    def __call__(self, out: dict, sparsity_scale: float = 1.0,
+    def __call__(self, out: Code, sparsity_scale: float = 1.0,
                  global_batch: Callable[[Tensor], Tensor] | None = None, ranks: int = 1) -> dict[str, Tensor]:
         """Every term and ``total`` per example, and the ``objective`` to minimise."""
-        values, total, objective, gathered = {}, 0.0, 0.0, {}
+        values, total, objective, on_global_batch = {}, 0.0, 0.0, out
         for name, weight in self.weights.items():
             term = LOSS_TERMS[name]
-            if global_batch is not None and not term.per_example:  # gathered once, with gradients, for every term
-                gathered |= {key: global_batch(out[key]) for key in term.needs - gathered.keys()}
+            if global_batch is not None and not term.per_example and on_global_batch is out:  # gathered once
+                on_global_batch = dataclasses.replace(out, a=global_batch(out.a))
             with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
-                value = term.fn(out if term.per_example else out | gathered, **self.options)
+                value = term(out if term.per_example else on_global_batch, self.options)
                 # summed over the global batch: this rank's rows, times the ranks that DDP averages over
                 summed_over = len(value) * ranks if term.per_example and self.reduction == "sum" else 1
                 value = value.mean() if term.per_example else value
@@ -129,64 +146,64 @@ class CompositeLoss:
 
 
 # Terms of the standard SAE family: they need a decoder (x_hat) and are reduced per example.
-@register("mse", needs=("x", "x_hat"))
-def mse(out: dict, eps: float, bounded_variance: bool, tanh_scale: float) -> Tensor:
-    return ((out["x"] - out["x_hat"]) ** 2).sum(dim=-1)
+@register("mse", reads=Reconstruction)
+def mse(out: Reconstruction) -> Tensor:
+    return ((out.x - out.x_hat) ** 2).sum(dim=-1)
 
 
-def magnitudes(out: dict) -> Tensor:
+def magnitudes(out: Code) -> Tensor:
     """|a|, or a itself where the model says its code cannot be negative (``nonnegative_codes``): at LM width
     the abs and its backward's sign are two element-wise passes over a batch x latents tensor."""
-    return out["a"] if out.get("nonnegative_codes", False) else out["a"].abs()
+    return out.a if getattr(out, "nonnegative_codes", False) else out.a.abs()
 
 
-@register("l1", needs=("a",), sparsity=True)
-def l1(out: dict, eps: float, bounded_variance: bool, tanh_scale: float) -> Tensor:
+@register("l1", sparsity=True)
+def l1(out: Code) -> Tensor:
     return magnitudes(out).sum(dim=-1)
 
 
-@register("l1_decnorm", needs=("a", "decoder_norms"), sparsity=True)
-def l1_decnorm(out: dict, eps: float, bounded_variance: bool, tanh_scale: float) -> Tensor:
+@register("l1_decnorm", reads=Reconstruction, sparsity=True)
+def l1_decnorm(out: Reconstruction) -> Tensor:
     """sum_i |a_i| ||W_dec,i||: an L1 penalty that shrinking the codes while growing the decoder cannot evade
     (a matrix-vector product: no batch x latents product to write)."""
-    return magnitudes(out) @ out["decoder_norms"]
+    return magnitudes(out) @ out.decoder_norms
 
 
-@register("l0", needs=("gate",), sparsity=True)
-def l0(out: dict, eps: float, bounded_variance: bool, tanh_scale: float) -> Tensor:
+@register("l0", reads=JumpReLUOutput, sparsity=True)
+def l0(out: JumpReLUOutput) -> Tensor:
     """The count of open gates; differentiable only through the gate's straight-through surrogate."""
-    return out["gate"].sum(dim=-1)
+    return out.gate.sum(dim=-1)
 
 
-@register("l0_tanh", needs=("a", "decoder_norms"), sparsity=True)
-def l0_tanh(out: dict, eps: float, bounded_variance: bool, tanh_scale: float) -> Tensor:
+@register("l0_tanh", reads=Reconstruction, sparsity=True)
+def l0_tanh(out: Reconstruction, tanh_scale: float) -> Tensor:
     """A smooth L0: sum_i tanh(c a_i ||W_dec,i||), c = ``tanh_scale`` (larger c, closer to the count). Its
     gradient reaches every active latent's magnitude, not only the ones near their threshold."""
-    return torch.tanh(tanh_scale * magnitudes(out) * out["decoder_norms"]).sum(dim=-1)
+    return torch.tanh(tanh_scale * magnitudes(out) * out.decoder_norms).sum(dim=-1)
 
 
-@register("auxk", needs=("x", "x_hat", "aux_x_hat"))
-def auxk(out: dict, eps: float, bounded_variance: bool, tanh_scale: float) -> Tensor:
+@register("auxk", reads=TopKOutput)
+def auxk(out: TopKOutput) -> Tensor:
     """Dead latents reconstruct the residual the live ones left (zero while no latent is dead)."""
-    if out["aux_x_hat"] is None:
-        return torch.zeros(len(out["x"]), device=out["x"].device)
-    residual = (out["x"] - out["x_hat"]).detach()
-    return ((residual - out["aux_x_hat"]) ** 2).sum(dim=-1)
+    if out.aux_x_hat is None:
+        return torch.zeros(len(out.x), device=out.x.device)
+    residual = (out.x - out.x_hat).detach()
+    return ((residual - out.aux_x_hat) ** 2).sum(dim=-1)
 
 
-@register("matryoshka", needs=("x", "prefix_x_hats"))
-def matryoshka(out: dict, eps: float, bounded_variance: bool, tanh_scale: float) -> Tensor:
+@register("matryoshka", reads=MatryoshkaOutput)
+def matryoshka(out: MatryoshkaOutput) -> Tensor:
     """The squared error of every nested prefix's reconstruction, summed over prefixes."""
-    return sum(((out["x"] - x_hat) ** 2).sum(dim=-1) for x_hat in out["prefix_x_hats"])
+    return sum(((out.x - x_hat) ** 2).sum(dim=-1) for x_hat in out.prefix_x_hats)
 
 
-@register("gate_l1", needs=("gate_activity", "decoder_norms"), sparsity=True)
-def gate_l1(out: dict, eps: float, bounded_variance: bool, tanh_scale: float) -> Tensor:
+@register("gate_l1", reads=GatedOutput, sparsity=True)
+def gate_l1(out: GatedOutput) -> Tensor:
     """The Gated SAE's sparsity penalty: relu(pi_gate), weighted by the decoder norms like l1_decnorm."""
-    return (out["gate_activity"] * out["decoder_norms"]).sum(dim=-1)
+    return (out.gate_activity * out.decoder_norms).sum(dim=-1)
 
 
-@register("gate_aux", needs=("x", "gate_x_hat"))
-def gate_aux(out: dict, eps: float, bounded_variance: bool, tanh_scale: float) -> Tensor:
+@register("gate_aux", reads=GatedOutput)
+def gate_aux(out: GatedOutput) -> Tensor:
     """The gate path's own reconstruction through the frozen decoder: trains the gate, not the decoder."""
-    return ((out["x"] - out["gate_x_hat"]) ** 2).sum(dim=-1)
+    return ((out.x - out.gate_x_hat) ** 2).sum(dim=-1)

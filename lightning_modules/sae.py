@@ -13,11 +13,11 @@ from torch import Tensor, nn
 
 from lightning_modules.base import SparseCoder
 from lightning_modules.losses import CompositeLoss
+from lightning_modules.outputs import GatedOutput, JumpReLUOutput, MatryoshkaOutput, Reconstruction, TopKOutput, extend
 
 
 class SparseAutoencoder(SparseCoder):
-    provides = frozenset({"x", "z", "a", "x_hat", "decoder_norms"})
-
+    saelens_architecture: str | None = "standard"  # its name in SAELens's format (analysis/export.py); None: none
     def __init__(self, input_dim: int, hidden_dim: int, loss: CompositeLoss, lr: float = 1e-3,
                  tied: bool = False, unit_norm_decoder: bool = False, **schedule):
         if hidden_dim <= 0:
@@ -30,6 +30,10 @@ class SparseAutoencoder(SparseCoder):
         self.W_dec = None if tied else nn.Parameter(self.encoder.weight.detach().T.clone())
         self.unit_norm_decoder = unit_norm_decoder
         self.normalize_weights()
+
+    def inference_threshold(self) -> Tensor | None:
+        """The per-latent threshold its code applies at inference, where it has one (exported with it)."""
+        return None
 
     def decoder_weight(self) -> Tensor:
         """[input_dim, hidden_dim]: column i is latent i's direction."""
@@ -59,17 +63,17 @@ class SparseAutoencoder(SparseCoder):
     def decode_scaled(self, a: Tensor) -> Tensor:
         return a @ self.decoder_weight().T + self.b_dec
 
-    def reconstruction(self, x: Tensor, z: Tensor, a: Tensor, x_hat: Tensor) -> dict[str, Tensor]:
+    def reconstruction(self, x: Tensor, z: Tensor, a: Tensor, x_hat: Tensor) -> Reconstruction:
         """What the loss terms read, in the scaled space the model trains in."""
-        return {"x": x * self.input_scale, "z": z, "a": a, "x_hat": x_hat,
-                "decoder_norms": self.decoder_weight().norm(dim=0), "nonnegative_codes": self.nonnegative_codes()}
+        return Reconstruction(x * self.input_scale, z, a, x_hat, self.decoder_weight().norm(dim=0),
+                              self.nonnegative_codes())
 
     def code_and_reconstruction(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """The code of pre-activations z and its reconstruction (TopK decodes both from one topk)."""
         a = self.activate(z)
         return a, self.decode_scaled(a)
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor) -> Reconstruction:
         z = self.preactivation(x)
         return self.reconstruction(x, z, *self.code_and_reconstruction(z))
 
@@ -132,7 +136,7 @@ class JumpReLUSAE(SparseAutoencoder):
       sigmoid    the gradient of sigmoid((z - theta) / tau), to theta and to z
     (With the rectangle, the L0 penalty reaches the encoder only through theta, which Adam moves by about lr per
     step, so a short run barely responds to lambda; the sigmoid also pushes z.)"""
-    provides = SparseAutoencoder.provides | {"gate"}
+    saelens_architecture = "jumprelu"
     ESTIMATORS = ("sigmoid", "rectangle")
     PARAMETRISATIONS = ("log", "linear")
 
@@ -151,6 +155,9 @@ class JumpReLUSAE(SparseAutoencoder):
     def theta(self) -> Tensor:
         return self.threshold_param.exp() if self.parametrisation == "log" else self.threshold_param
 
+    def inference_threshold(self) -> Tensor:
+        return self.theta()
+
     def nonnegative_codes(self) -> bool:
         return self.parametrisation == "log"  # a linear theta can learn to go below 0 and pass negative z
 
@@ -167,13 +174,13 @@ class JumpReLUSAE(SparseAutoencoder):
             return JumpReLURectangle.apply(z, self.theta(), self.bandwidth)
         return z * self.gate(z)
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor) -> JumpReLUOutput:
         out = super().forward(x)
-        return out | {"gate": self.gate(out["z"])}
+        return extend(out, JumpReLUOutput, gate=self.gate(out.z))
 
 
 class TopKSAE(SparseAutoencoder):
-    provides = SparseAutoencoder.provides | {"aux_x_hat"}
+    saelens_architecture = "topk"
 
     def __init__(self, *args, k: int = 8, k_aux: int = 64, dead_after: int = 50_000, **kwargs):
         super().__init__(*args, **kwargs)
@@ -211,26 +218,26 @@ class TopKSAE(SparseAutoencoder):
                                per_sample_weights=values.reshape(-1, values.shape[-1]), mode="sum")
         return rows.view(*values.shape[:-1], -1)
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor) -> TopKOutput:
         out = super().forward(x)
-        z, a = out["z"], out["a"]
         if self.training:
             with torch.no_grad():
                 self.examples_since_fired += len(x)
-                self.examples_since_fired[(a > 0).any(dim=0)] = 0
+                self.examples_since_fired[(out.a > 0).any(dim=0)] = 0
         dead = self.examples_since_fired > self.dead_after
-        out["aux_x_hat"] = None
+        aux_x_hat = None
         if dead.any():  # the dead latents' top k_aux pre-activations reconstruct the residual
             k_aux = min(self.k_aux, int(dead.sum()))
-            values, indices = F.relu(z.masked_fill(~dead, float("-inf"))).topk(k_aux, dim=-1)
-            out["aux_x_hat"] = self.sparse_decode(values, indices)
-        return out
+            values, indices = F.relu(out.z.masked_fill(~dead, float("-inf"))).topk(k_aux, dim=-1)
+            aux_x_hat = self.sparse_decode(values, indices)
+        return extend(out, TopKOutput, aux_x_hat=aux_x_hat)
 
 
 class BatchTopKSAE(TopKSAE):
     """Training keeps the k * B largest activations of the batch, so examples share a budget of k on average.
     The running mean of the smallest activation kept becomes a threshold, and evaluation is a JumpReLU at it:
     its L0 is measured, not set (dictionary_learning's and SAELens's BatchTopK)."""
+    saelens_architecture = "jumprelu"  # as it is evaluated
 
     def __init__(self, *args, threshold_decay: float = 0.999, **kwargs):
         super().__init__(*args, **kwargs)
@@ -238,6 +245,9 @@ class BatchTopKSAE(TopKSAE):
             raise ValueError(f"model.threshold_decay must be in [0, 1), got {threshold_decay}")
         self.threshold_decay = threshold_decay
         self.register_buffer("threshold", torch.tensor(-1.0))  # -1: no training batch seen yet
+
+    def inference_threshold(self) -> Tensor:
+        return self.threshold.clamp_min(0).expand(self.hparams.hidden_dim)
 
     # a batch's top k * B, and the threshold at evaluation, leave rows with more than k latents: all of them decode
     decode_scaled = SparseAutoencoder.decode_scaled
@@ -261,7 +271,6 @@ class BatchTopKSAE(TopKSAE):
 class MatryoshkaSAE(BatchTopKSAE):
     """Nested dictionaries: the first ``prefix_fractions[0]`` of the latents reconstruct the input alone, the
     first ``prefix_fractions[1]`` too, and so on up to all of them; the ``matryoshka`` term sums their errors."""
-    provides = BatchTopKSAE.provides | {"prefix_x_hats"}
 
     def __init__(self, *args, prefix_fractions: list[float] = (0.25, 0.5), **kwargs):
         super().__init__(*args, **kwargs)
@@ -270,15 +279,14 @@ class MatryoshkaSAE(BatchTopKSAE):
         hidden_dim = self.hparams.hidden_dim
         self.prefixes = sorted({max(1, round(f * hidden_dim)) for f in prefix_fractions} | {hidden_dim})
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor) -> MatryoshkaOutput:
         out = super().forward(x)
-        weight, x_hat, start = self.decoder_weight(), self.b_dec.expand_as(out["x"]), 0
-        out["prefix_x_hats"] = []
+        weight, x_hat, start, prefix_x_hats = self.decoder_weight(), self.b_dec.expand_as(out.x), 0, []
         for end in self.prefixes:  # each prefix adds its own latents to the previous reconstruction
-            x_hat = x_hat + out["a"][:, start:end] @ weight[:, start:end].T
-            out["prefix_x_hats"].append(x_hat)
+            x_hat = x_hat + out.a[:, start:end] @ weight[:, start:end].T
+            prefix_x_hats.append(x_hat)
             start = end
-        return out
+        return extend(out, MatryoshkaOutput, prefix_x_hats=prefix_x_hats)
 
 
 class GatedSAE(SparseAutoencoder):
@@ -286,7 +294,7 @@ class GatedSAE(SparseAutoencoder):
     pi_mag = exp(r_mag) * W (x - b_dec) + b_mag how much, a = 1[pi_gate > 0] * relu(pi_mag). The sparsity
     penalty (``gate_l1``) acts on relu(pi_gate), which the ``gate_aux`` term makes reconstruct x through a
     frozen copy of the decoder, so that the gate path learns what the gate needs."""
-    provides = SparseAutoencoder.provides | {"gate_activity", "gate_x_hat"}
+    saelens_architecture = None  # SAELens's gated SAE differs (no r_mag scaling of a shared matrix's export here)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -303,9 +311,9 @@ class GatedSAE(SparseAutoencoder):
         pi_gate, pi_mag = self.gates(x)
         return pi_gate, (pi_gate > 0).to(pi_mag.dtype) * F.relu(pi_mag)
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor) -> GatedOutput:
         pi_gate, a = self.encode(x)
         activity = F.relu(pi_gate)
         frozen = activity @ self.decoder_weight().detach().T + self.b_dec.detach()
         out = self.reconstruction(x, pi_gate, a, self.decode_scaled(a))
-        return out | {"gate_activity": activity, "gate_x_hat": frozen}
+        return extend(out, GatedOutput, gate_activity=activity, gate_x_hat=frozen)

@@ -118,8 +118,8 @@ def error_bars(ax) -> int:
 def test_figure_2_names_configurations_split_and_seeds_and_draws_no_error_bar_for_one_seed(sweep, tmp_path):
     for folder, n in ((sweep, 1), (two_sweeps(sweep, tmp_path), 2)):
         figure = figure_2(group_by_loss(load_runs(str(folder), needs=("unit_stats.npz",))))
-        assert "validation split" in figure._suptitle.get_text()
-        assert f"n = {n} seed{'s' * (n > 1)} per configuration" in figure._suptitle.get_text()
+        assert "validation split" in figure.get_suptitle()
+        assert f"n = {n} seed{'s' * (n > 1)} per configuration" in figure.get_suptitle()
         matrices, bars = figure.axes[:2], figure.axes[4:8]  # 2 x 4 panels, then the colour bars
         assert [ax.get_title() for ax in matrices] == ["|Corr(a)|: A: lse, seed 0", "|Corr(a)|: C: lse+var+tc, seed 0"]
         assert all((ax.get_xlabel(), ax.get_ylabel()) == ("unit j", "unit i") for ax in matrices)
@@ -166,7 +166,7 @@ def test_theorem_figure_fits_its_axes_and_shows_the_residual_on_its_own_scale():
     assert resp.max() < agreement.get_xlim()[1] < resp.max() + 0.1 * span
     low, high = residual.get_ylim()
     assert low == -high and 1e-17 < high < 2e-17  # symmetric, on the residual's scale
-    assert figure._suptitle.get_text() == "Theorem 1 on weights W"
+    assert figure.get_suptitle() == "Theorem 1 on weights W"
     plt.close(figure)
     assert pearson_text(1.0) == "1 (exactly, in float64)"
     assert pearson_text(1 - 3.3e-16) == "1 - 3.3e-16" and pearson_text(1 + 2.2e-16) == "1 + 2.2e-16"
@@ -189,8 +189,8 @@ def test_time_shares_of_a_sweep_add_its_runs_phases(sweep, tmp_path):
     folder = copy_of(sweep, tmp_path)
     times = [json.loads((folder / job / "metrics.json").read_text())["time"] for job in ("0", "1")]
     assert times[0]["start_up"] > times[1]["start_up"]  # the process's first job pays the imports
-    older = {name: value for name, value in times[1].items() if name not in ("checkpoints", "figures")}
-    set_metrics(folder / "1", time=older)  # timed before checkpoints and figures had phases of their own
+    older = {name: value for name, value in times[1].items() if name != "checkpoints"}
+    set_metrics(folder / "1", time=older)  # timed before checkpoints had a phase of their own
     result = run_cli("-m", "analysis.time", f"dir={folder}")
     assert (folder / "analysis" / "time.png").stat().st_size > 0 and (folder / "analysis" / "time.pdf").is_file()
     table = (folder / "analysis" / "time.md").read_text()

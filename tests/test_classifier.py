@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
+import job
 import train
 from analysis.classifier import ranked
 from analysis.runs import Run
@@ -18,8 +19,8 @@ BUDGET = ["trainer.limit_train_batches=100", "trainer.max_epochs=1", "logger=csv
 def test_geglu_shapes_and_every_parameter_gets_a_gradient():
     model = MLPClassifier(hidden_dim=16, activation="geglu")
     x, y = torch.rand(5, 1, 28, 28), torch.randint(0, 10, (5,))  # images are flattened by the model
-    assert model.hidden(x).shape == (5, 16) and model.logits(x).shape == (5, 10)
-    F.cross_entropy(model.logits(x), y).backward()
+    assert model.hidden(x).shape == (5, 16) and model(x).shape == (5, 10)
+    F.cross_entropy(model(x), y).backward()
     names = {name for name, _ in model.named_parameters()}
     assert {"w_gate.weight", "w_gate.bias"} <= names
     for name, parameter in model.named_parameters():
@@ -61,7 +62,7 @@ def test_sweep_tests_the_best_checkpoint_which_reloads(sweep_dir):
         with torch.no_grad():  # the reloaded weights reproduce every number metrics.json reports
             for split in ("val", "test"):
                 x, y = data.splits[split]
-                logits = model.logits(x)
+                logits = model(x)
                 assert F.cross_entropy(logits, y).item() == pytest.approx(metrics[f"{split}/ce"], rel=1e-4)
                 assert (logits.argmax(1) == y).float().mean().item() == pytest.approx(metrics[f"{split}/acc"])
 
@@ -81,7 +82,7 @@ def test_unknown_activation_fails_in_one_line_before_training(tmp_path):
         cfg = compose("train", overrides=["experiment=classifier", "model.activation=tanh", "logger=csv",
                                           "torch_threads=null", f"paths.output_dir={tmp_path}"])  # pytest's stay
     assert "loss" not in cfg and cfg.callbacks.unit_metrics is None and cfg.callbacks.final_evaluation is None
-    with pytest.raises(train.RunError) as error:
-        train.fit(cfg)
+    with pytest.raises(job.RunError) as error:
+        train.train(cfg)
     assert str(error.value) == "error: unknown model.activation 'tanh'; choose from ['relu', 'geglu']"
     assert not (tmp_path / "metrics.json").exists()

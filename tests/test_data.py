@@ -8,7 +8,6 @@ import torch
 from datamodules.gaussian_mixture import GaussianMixtureDataModule
 from datamodules.lm_activations import ShardBatches
 from datamodules.mnist import BUNDLED_DIR, MNISTDataModule
-from datamodules.resumable import StepGroup
 from datamodules.tensor_batches import TensorBatches
 
 
@@ -97,28 +96,6 @@ def test_tensor_batches_resume_mid_epoch_from_their_state(stop):
     rest = [b for (b,) in resumed]
     assert len(rest) == 7 - stop and all(torch.equal(a, b) for a, b in zip(rest, expected[stop:]))
     assert len(epoch(resumed, 3)) == 70  # the next epoch is whole
-
-
-def test_step_groups_serve_the_same_batches_in_the_same_order_and_resume_only_with_the_same_grouping():
-    x = torch.arange(103)
-    single, grouped = (TensorBatches((x,), 10, True, seed=3, steps_per_batch=g) for g in (1, 4))
-    groups = [group for group in grouped]
-    assert len(grouped) == len(groups) == 3 and [len(group) for group in groups] == [4, 4, 3]
-    assert all(isinstance(group, StepGroup) for group in groups)
-    flat = [b for group in groups for (b,) in group]
-    assert all(torch.equal(a, b) for (a,), b in zip(single, flat, strict=True))
-
-    killed = TensorBatches((x,), 10, True, seed=3, steps_per_batch=4)
-    served = iter(killed)
-    next(served)
-    resumed = TensorBatches((x,), 10, True, seed=3, steps_per_batch=4)
-    resumed.load_state_dict(killed.state_dict())
-    rest = [b for group in resumed for (b,) in group]
-    assert len(rest) == 7 and all(torch.equal(a, b) for a, b in zip(rest, flat[4:]))
-    regrouped = TensorBatches((x,), 10, True, seed=3, steps_per_batch=2)
-    regrouped.load_state_dict(killed.state_dict())
-    with pytest.raises(ValueError, match="steps_per_batch=4"):
-        next(iter(regrouped))
 
 
 def test_gaussian_mixture_is_reproducible_and_labelled():

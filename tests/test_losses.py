@@ -4,8 +4,14 @@ import torch
 
 from analysis.theorem import gradient_vs_responsibility
 from lightning_modules.losses import LOSS_TERMS, CompositeLoss, lse_and_responsibilities
+from lightning_modules.outputs import Code, Reconstruction, TopKOutput
 
 OPTIONS = dict(eps=1e-6, bounded_variance=False, tanh_scale=4.0)
+
+
+def code(a):
+    """A code-only output, for the terms that read the code alone."""
+    return Code(x=a, z=a, a=a)
 
 
 def relu_codes(n=64, k=16, seed=0):
@@ -31,9 +37,9 @@ def test_lse_value_matches_a_direct_computation():
 def test_variance_terms_match_numpy():
     a = relu_codes()
     var = a.numpy().var(axis=0, ddof=1)
-    got = LOSS_TERMS["variance"].fn({"a": a}, **OPTIONS)
+    got = LOSS_TERMS["variance"](code(a), OPTIONS)
     np.testing.assert_allclose(got.item(), -np.log(var + 1e-6).sum(), rtol=1e-12)
-    bounded = LOSS_TERMS["variance"].fn({"a": a}, eps=1e-6, bounded_variance=True, tanh_scale=4.0)
+    bounded = LOSS_TERMS["variance"](code(a), OPTIONS | {"bounded_variance": True})
     np.testing.assert_allclose(bounded.item(), (var - np.log(var + 1e-6)).sum(), rtol=1e-12)
 
 
@@ -41,14 +47,14 @@ def test_decorrelation_is_the_off_diagonal_sum_of_squared_correlations():
     a = relu_codes()
     corr = np.corrcoef(a.numpy(), rowvar=False)
     expected = (corr**2).sum() - np.trace(corr**2)
-    got = LOSS_TERMS["decorrelation"].fn({"a": a}, eps=1e-12, bounded_variance=False, tanh_scale=4.0)
+    got = LOSS_TERMS["decorrelation"](code(a), OPTIONS | {"eps": 1e-12})
     np.testing.assert_allclose(got.item(), expected, rtol=1e-8)
 
 
 def test_composite_reports_every_term_but_sums_only_the_weighted_ones():
     a = relu_codes().requires_grad_(True)
     loss = CompositeLoss({"lse": 0.0, "variance": 2.0, "decorrelation": 1.0})
-    terms = loss({"a": a})
+    terms = loss(code(a))
     assert set(terms) == {"lse", "variance", "decorrelation", "total", "objective"}
     assert not terms["lse"].requires_grad  # weight 0: reported, not differentiated
     torch.testing.assert_close(terms["total"], 2 * terms["variance"] + terms["decorrelation"])
@@ -56,9 +62,9 @@ def test_composite_reports_every_term_but_sums_only_the_weighted_ones():
 
 def test_terms_are_per_example_and_a_summed_objective_is_batch_size_times_the_mean():
     a = relu_codes(n=32)
-    summed = CompositeLoss({"lse": 1.0, "variance": 2.0}, reduction="sum")({"a": a})
-    mean = CompositeLoss({"lse": 1.0, "variance": 2.0}, reduction="mean")({"a": a})
-    expected_lse = LOSS_TERMS["lse"].fn({"a": a}, **OPTIONS).mean()
+    summed = CompositeLoss({"lse": 1.0, "variance": 2.0}, reduction="sum")(code(a))
+    mean = CompositeLoss({"lse": 1.0, "variance": 2.0}, reduction="mean")(code(a))
+    expected_lse = LOSS_TERMS["lse"](code(a), OPTIONS).mean()
     for terms in (summed, mean):
         torch.testing.assert_close(terms["lse"], expected_lse)
         torch.testing.assert_close(terms["total"], expected_lse + 2 * terms["variance"])
@@ -80,27 +86,25 @@ def test_impossible_loss_configs_are_rejected(kwargs, message):
 
 
 def test_a_term_the_model_cannot_feed_is_rejected():
-    LOSS_TERMS["needs_decoder"] = LOSS_TERMS["lse"].__class__(lambda out, **_: out["x_hat"], frozenset({"x_hat"}),
-                                                              True, False)
-    try:
-        with pytest.raises(ValueError, match="needs \\['x_hat'\\]"):
-            CompositeLoss({"needs_decoder": 1.0}).check_outputs(frozenset({"x", "z", "a"}), "DecoderFreeEncoder")
-    finally:
-        del LOSS_TERMS["needs_decoder"]
+    with pytest.raises(ValueError, match="needs \\['decoder_norms', 'nonnegative_codes', 'x_hat'\\]"):
+        CompositeLoss({"mse": 1.0}).check_outputs(Code, "DecoderFreeEncoder")
+    CompositeLoss({"mse": 1.0, "l1": 1.0}).check_outputs(Reconstruction, "SparseAutoencoder")
+    with pytest.raises(ValueError, match="needs \\['gate_activity', 'gate_x_hat'\\]"):
+        CompositeLoss({"gate_l1": 1.0}).check_outputs(TopKOutput, "TopKSAE")
 
 
 def test_tanh_l0_approaches_the_count_of_active_latents_as_its_scale_grows():
     a = torch.tensor([[0.0, 0.5, 2.0], [0.0, 0.0, 0.1]], dtype=torch.float64)
-    out = {"a": a, "decoder_norms": torch.ones(3, dtype=torch.float64)}
-    soft = LOSS_TERMS["l0_tanh"].fn(out, **(OPTIONS | {"tanh_scale": 1e4}))
+    out = Reconstruction(a, a, a, a, torch.ones(3, dtype=torch.float64), nonnegative_codes=True)
+    soft = LOSS_TERMS["l0_tanh"](out, (OPTIONS | {"tanh_scale": 1e4}))
     torch.testing.assert_close(soft, (a > 0).sum(1).double())
-    assert LOSS_TERMS["l0_tanh"].fn(out, **OPTIONS)[1] < 1  # a small activation is penalised less than 1
+    assert LOSS_TERMS["l0_tanh"](out, OPTIONS)[1] < 1  # a small activation is penalised less than 1
 
 
 def test_a_batch_statistic_after_an_unweighted_one_still_trains_through_the_gathered_batch():
     a = torch.rand(16, 4, dtype=torch.float64, requires_grad=True)
     loss = CompositeLoss({"variance": 0.0, "decorrelation": 1.0})
-    terms = loss({"a": a}, global_batch=lambda values: torch.cat([values, values.detach() + 1]), ranks=2)
+    terms = loss(code(a), global_batch=lambda values: torch.cat([values, values.detach() + 1]), ranks=2)
     terms["total"].backward()
     assert a.grad is not None and a.grad.abs().sum() > 0
 
@@ -111,5 +115,5 @@ def test_two_ranks_optimise_what_one_process_does_with_their_batches(reduction):
     to the one-process objective (a per-rank sum scaled by the ranks, a batch statistic counted once)."""
     a = torch.rand(8, 4, dtype=torch.float64)
     loss = CompositeLoss({"lse": 1.0, "variance": 1.0, "decorrelation": 1.0}, reduction=reduction)
-    per_rank = [loss({"a": rows}, global_batch=lambda values: a, ranks=2)["objective"] for rows in a.split(4)]
-    torch.testing.assert_close(sum(per_rank) / 2, loss({"a": a})["objective"])
+    per_rank = [loss(code(rows), global_batch=lambda values: a, ranks=2)["objective"] for rows in a.split(4)]
+    torch.testing.assert_close(sum(per_rank) / 2, loss(code(a))["objective"])

@@ -15,7 +15,7 @@ def documented_overrides() -> list[str]:
     sweeps (``a,b``) expanded; placeholders (``<dir>``, ``…``, ``[...]``) and commands' flags left out."""
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     text, found = "\n".join(page.read_text() for page in pages), []
-    blocks = re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S)
+    blocks = re.findall(r"```(?!python)[a-z]*\n(.*?)```", text, flags=re.S)  # Python code is not overrides
     for span in blocks + re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S)):
         for token in span.split():
             key, _, values = token.strip("[]").partition("=")

@@ -3,12 +3,11 @@ import math
 import time
 from datetime import datetime
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
-from callbacks.profiler import NoProfiler
 from callbacks.stopwatch import PHASES
 from conftest import QUICK, ROOT, read_metrics, run_cli, wandb_run
 
@@ -34,8 +33,8 @@ def test_ablation_sweep_writes_config_metrics_and_checkpoints_per_run(ablation_d
         assert metrics["status"] == "finished"
         assert UNIT_KEYS | {"val/lse", "val/variance", "val/decorrelation", "val/total"} <= set(metrics)
         assert metrics["params"] == 32 * 16 + 16
-        histogram = metrics["active_count_histogram"]  # validation examples by their number of active latents
-        assert sum(histogram) == 1024 and histogram[0] / 1024 == metrics["frac_zero_active"]
+        histogram = np.load(run / "unit_stats.npz")["active_counts"]  # validation examples by their active latents
+        assert histogram.sum() == 1024 and histogram[0] / 1024 == metrics["frac_zero_active"]
         assert (run / "config_resolved.yaml").is_file()
         assert [p.name for p in (run / "checkpoints").iterdir()] == ["last.ckpt"]  # one file, written once an epoch
         assert all(math.isfinite(v) for v in metrics.values() if isinstance(v, float))
@@ -61,12 +60,11 @@ def test_mnist_run_logs_to_wandb_offline_with_figures_and_says_only_what_matters
     for name in ("abs_corr", "weight_cosine", "firing_frequency"):
         assert (tmp_path / "figures" / f"{name}.png").is_file() and (tmp_path / "figures" / f"{name}.pdf").is_file()
     metrics = read_metrics(tmp_path)
-    # 5 batches an epoch of data.steps_per_batch (20) optimiser steps each
-    assert metrics["params"] == 784 * 8 + 8 and metrics["epoch"] == 2 and metrics["global_step"] == 200
+    assert metrics["params"] == 784 * 8 + 8 and metrics["epoch"] == 2 and metrics["global_step"] == 10
     run, config, history = wandb_run(tmp_path)
     assert run.run_group == str(tmp_path) and run.display_name  # a single run is its own group
     assert "model" in config and "hidden_dim" not in config  # the hyperparameters once, under their group
-    assert history["epoch"] == 2 and history["trainer/global_step"] == 200
+    assert history["epoch"] == 2 and history["trainer/global_step"] == 10
     # train and val terms on the same per-example scale; the optimised sum over the batch beside them
     assert abs(history["train/total"] - history["val/total"]) < 0.5 * abs(history["val/total"])
     assert history["train/objective"] != history["train/total"]
@@ -85,17 +83,15 @@ def test_mnist_run_logs_to_wandb_offline_with_figures_and_says_only_what_matters
     logged = datetime.strptime(log.splitlines()[-1][1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
     assert seconds["total"] == pytest.approx(logged - launched, abs=1.5)
     assert min(seconds.values()) >= 0 and "finished in " in log
-    assert seconds["training_steps"] > 0 and seconds["checkpoints"] > 0 and seconds["figures"] > 0
+    assert seconds["training_steps"] > 0 and seconds["checkpoints"] > 0 and seconds["end_of_fit"] > 0
 
 
 def test_progress_outside_a_terminal_is_a_plain_line_every_so_often(tmp_path):
     result = run_cli("train.py", *QUICK, "callbacks.progress.every_s=0", "trainer.limit_train_batches=3",
-                     "data.steps_per_batch=10", f"hydra.run.dir={tmp_path}")
+                     f"hydra.run.dir={tmp_path}")
     steps = [line for line in result.stdout.splitlines() if line.startswith("epoch 1/1, step ")]
-    # optimiser steps: 3 batches of 10
-    assert [line.split(",")[1] for line in steps] == [" step 10/30 (33%)", " step 20/30 (67%)", " step 30/30 (100%)"]
+    assert [line.split(",")[1] for line in steps] == [" step 1/3 (33%)", " step 2/3 (67%)", " step 3/3 (100%)"]
     assert steps[0] in (tmp_path / "train.log").read_text() and "\r" not in result.stdout + result.stderr
-    assert "logging interval" not in result.stdout + result.stderr  # fewer batches than log_every_n_steps: no warning
 
 
 def test_theorem_command_prints_exact_agreement(tmp_path):
@@ -165,10 +161,7 @@ def test_logger_none_trains_without_a_logger(tmp_path):
 
 def test_nothing_is_profiled_unless_asked_and_simple_reports_in_the_log(tmp_path):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        profiler = instantiate(compose("train").trainer.profiler)
-    assert isinstance(profiler, NoProfiler)
-    with profiler.profile("outer"), profiler.profile("inner"):  # Lightning nests them (a hook inside a step)
-        pass
+        assert compose("train").trainer.profiler is None
     result = run_cli("train.py", *QUICK, "logger=none", "trainer.limit_train_batches=2", "trainer.profiler=simple",
                      f"hydra.run.dir={tmp_path}")
     log = (tmp_path / "train.log").read_text()

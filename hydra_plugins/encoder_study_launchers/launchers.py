@@ -8,22 +8,35 @@ its jobs do:
 
 Imported when Hydra scans its plugins: nothing heavy at module level.
 """
+import contextlib
+import io
+import logging
+import os
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
-from hydra._internal.core_plugins.basic_launcher import BasicLauncher
-from hydra.core.utils import JobReturn, JobStatus
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
-from omegaconf import open_dict
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from omegaconf import OmegaConf, open_dict
+
+from errors import first_line
+
+log = logging.getLogger(__name__)
 
 
-def first_line(error: BaseException) -> str:
-    while error.__cause__ is not None:  # Hydra's InstantiationException wraps the constructor's error
-        error = error.__cause__
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+def error_of(job: JobReturn) -> BaseException:
+    """A failed job's exception. Hydra's JobReturn raises it from ``return_value`` (and announces the job's
+    overrides on stderr, which this launcher's own line replaces)."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            job.return_value
+    except BaseException as error:  # the job's own, whatever it was: SystemExit and KeyboardInterrupt too
+        return error
+    raise ValueError("the job did not fail")
 
 
 class ReportsFailures:
@@ -33,13 +46,10 @@ class ReportsFailures:
                                                                                  initial_job_idx)
                   if job.status == JobStatus.FAILED]
         for num, job, overrides in failed:
-            print(f"failed: {self.run_dir(job, overrides, num)}: {first_line(job._return_value)}", file=sys.stderr)
+            print(f"failed: {self.run_dir(job, overrides, num)}: {first_line(error_of(job))}", file=sys.stderr)
         if failed:
             sys.exit(f"error: {len(failed)} of {len(returns)} jobs failed (their lines above); the others finished")
         return returns
-
-    def launch_all(self, job_overrides, initial_job_idx):
-        return super().launch(job_overrides, initial_job_idx)
 
     def run_dir(self, job: JobReturn, overrides, num: int) -> str:
         if job.hydra_cfg is not None:
@@ -51,41 +61,68 @@ class ReportsFailures:
         return str(Path(config.hydra.sweep.dir) / str(config.hydra.sweep.subdir))
 
 
-class SequentialLauncher(ReportsFailures, BasicLauncher):
-    pass
+class SequentialLauncher(ReportsFailures, Launcher):
+    """Hydra's basic launcher (one job after another in this process), on Hydra's public job API."""
 
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
 
-@contextmanager
-def outcomes_of_every_job():
-    """submitit's launcher collects ``job.results()`` in order and raises at the first job without a result;
-    here such a job becomes a failed JobReturn and the launcher waits for the rest."""
-    import submitit
-    from submitit.core.utils import FailedJobError, UncompletedJobError
-
-    results = submitit.Job.results
-
-    def collected(job):
-        try:
-            return results(job)
-        except (FailedJobError, UncompletedJobError) as error:
-            died = JobReturn(status=JobStatus.FAILED)
-            died.return_value = RuntimeError(f"{type(error).__name__} (job state {job.state}): {first_line(error)}")
-            return [died]
-
-    submitit.Job.results = collected
-    try:
-        yield
-    finally:
-        submitit.Job.results = results
+    def launch_all(self, job_overrides, initial_job_idx):
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        log.info(f"Launching {len(job_overrides)} jobs locally")
+        returns = []
+        for num, overrides in enumerate(job_overrides, initial_job_idx):
+            log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
+            config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(config):
+                config.hydra.job.id = config.hydra.job.num = num
+            returns.append(run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=config,
+                                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return returns
 
 
 class SubmititReportsFailures(ReportsFailures):
+    """hydra-submitit-launcher's launch, collecting every job's outcome: its own stops at the first job
+    without a result; here such a job becomes a failed JobReturn and the launcher waits for the rest."""
+    cluster: str  # submitit's executor: local or slurm
+
     def launch_all(self, job_overrides, initial_job_idx):
-        with outcomes_of_every_job():
-            return super().launch_all(job_overrides, initial_job_idx)
+        import submitit
+        from submitit.core.utils import FailedJobError, UncompletedJobError
+
+        params = dict(self.params)
+        folder = params.pop("submitit_folder")
+        init = {f"{self.cluster}_max_num_timeout": params.pop("max_num_timeout")} if "max_num_timeout" in params else {}
+        executor = submitit.AutoExecutor(cluster=self.cluster, folder=folder, **init)
+        shared = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{key if key in shared else f"{self.cluster}_{key}": value
+                                      for key, value in params.items()})
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if "mode" in self.config.hydra.sweep:
+            os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
+        log.info(f"Submitit '{self.cluster}' sweep output dir : {sweep_dir}")
+        jobs_params = []
+        for num, overrides in enumerate(job_overrides, initial_job_idx):
+            log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
+            jobs_params.append((list(overrides), "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state()))
+        returns = []
+        for job in executor.map_array(self, *zip(*jobs_params)):
+            try:
+                returns.append(job.results()[0])
+            except (FailedJobError, UncompletedJobError) as error:
+                died = JobReturn(status=JobStatus.FAILED)
+                died.return_value = RuntimeError(f"{type(error).__name__} (job state {job.state}): {first_line(error)}")
+                returns.append(died)
+        return returns
 
 
 class LocalLauncher(SubmititReportsFailures, submitit_launcher.LocalLauncher):
+    cluster = "local"
+
     def launch_all(self, job_overrides, initial_job_idx):
         # the jobs run side by side: one intra-op thread each, unless the sweep says otherwise
         job_overrides = [list(o) if any(x.startswith("torch_threads=") for x in o) else [*o, "torch_threads=1"]
@@ -94,6 +131,8 @@ class LocalLauncher(SubmititReportsFailures, submitit_launcher.LocalLauncher):
 
 
 class SlurmLauncher(SubmititReportsFailures, submitit_launcher.SlurmLauncher):
+    cluster = "slurm"
+
     def launch_all(self, job_overrides, initial_job_idx):
         problem = cluster_problem(self.params, self.config.trainer)
         if problem:

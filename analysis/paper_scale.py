@@ -1,0 +1,78 @@
+"""The arithmetic to plan `experiment=reasoning_features` on a GPU: FLOPs and wall time per step and for
+the whole run, GPU memory, the harvest, from the experiment's own configuration and an accelerator's
+documented dense peaks (an H100 SXM by default), at a stated fraction of peak.
+
+    python -m analysis.paper_scale [out=results/paper_scale.md] [tokens=1e9] [efficiency=0.5]
+
+It prints the Markdown, and writes it stamped with the date, commit and machine where ``out`` is given.
+"""
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from analysis.stamp import stamp_line
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+H100_SXM_TFLOPS = {"FP32": 67, "TF32": 495, "BF16": 989}  # NVIDIA's H100 datasheet, dense
+GPU_MEMORY_GB = 80
+LLAMA_8B_PARAMETERS, LLAMA_8B_LAYERS = 8.0e9, 32
+MATMULS_PER_STEP = 5  # encoder and decoder forward; decoder weight and input gradients; encoder weight gradient
+
+
+def arithmetic(d: int, h: int, batch: int, layer: int, tokens: float, efficiency: float) -> str:
+    matmul = 2 * batch * d * h
+    step = MATMULS_PER_STEP * matmul
+    steps = tokens / batch
+    parameters = 2 * d * h + h + d
+    weights_gb = 4 * parameters / 1e9
+    code_gb = 4 * batch * h / 1e9
+    harvest = 2 * LLAMA_8B_PARAMETERS * (layer + 1) / LLAMA_8B_LAYERS  # FLOPs a token, up to the hooked block
+    lines = [
+        f"# Paper scale, on paper: {d} -> {h:,} latents, batch {batch}, {tokens:.3g} tokens",
+        "",
+        f"From `conf/experiment/reasoning_features.yaml` and the H100 SXM's dense peaks "
+        f"({', '.join(f'{name} {tflops} TFLOP/s' for name, tflops in H100_SXM_TFLOPS.items())}), "
+        f"at {efficiency:.0%} of peak.",
+        "",
+        f"- FLOPs a step: {MATMULS_PER_STEP} matmuls of B·d·h (the bias b_dec is folded into the encoder's, so its "
+        f"gradient is a matrix-vector product), 2·{batch}·{d}·{h} = {matmul / 1e12:.2f} TFLOP each: "
+        f"**{step / 1e12:.1f} TFLOP a step**; {steps:,.0f} steps.",
+    ]
+    for name in ("FP32", "TF32", "BF16"):
+        seconds = step / (H100_SXM_TFLOPS[name] * 1e12 * efficiency)
+        lines.append(f"- {name}: {seconds:.3f} s a step ({1 / seconds:.1f} steps/s), **{seconds * steps / 3600:.1f} h** "
+                     f"for the run.")
+    lines += [
+        f"- Parameters: {parameters / 1e6:,.0f}M, {weights_gb:.1f} GB in FP32; with gradients and Adam's two moments "
+        f"**{4 * weights_gb:.1f} GB**.",
+        f"- A batch's code: each {batch} x {h:,} FP32 tensor (pre-activations, codes, their gradients) is "
+        f"{code_gb:.2f} GB; four of them bring the total to about **{4 * weights_gb + 4 * code_gb:.0f} GB** of "
+        f"{GPU_MEMORY_GB}.",
+        f"- Harvest: about 2 FLOPs per parameter per token up to block {layer} of {LLAMA_8B_LAYERS} (the forward "
+        f"pass stops after the hooked block): {harvest / 1e9:.1f} GFLOP a token, **{harvest * tokens / (H100_SXM_TFLOPS['BF16'] * 1e12 * efficiency) / 3600:.1f} h** "
+        f"in BF16; cached in FP16 the activations are **{2 * d * tokens / 1e12:.1f} TB**, so at this scale they "
+        f"are harvested on the fly (`data.cache=false`).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(args: list[str]) -> None:
+    options = dict(arg.split("=", 1) for arg in args)
+    unknown = set(options) - {"out", "tokens", "efficiency"}
+    if unknown:
+        sys.exit(f"error: unknown option(s) {sorted(unknown)}; use out=, tokens=, efficiency=")
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=reasoning_features"])
+    text = arithmetic(cfg.data.input_dim, cfg.model.hidden_dim, cfg.data.batch_size, cfg.data.layer,
+                      float(options.get("tokens", 1e9)), float(options.get("efficiency", 0.5)))
+    if "out" in options:
+        path = Path(options["out"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + f"\n{stamp_line()}\n")
+        print(f"wrote {path}")
+    print(text)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
