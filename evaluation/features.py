@@ -1,0 +1,119 @@
+"""What each latent of a trained sparse coder responds to, measured in one streaming pass over a split's
+codes: its firing density, a histogram of its activations, its top-activating positions, and the sums
+ReasonScore needs. Memory is bounded by the latents times what is kept per latent (``top``, the bins),
+never by the number of tokens."""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+HISTOGRAM_BINS = 24  # log-spaced over the positive activations, per latent, from its largest down 1e-4 of it
+
+
+@dataclass
+class LatentSummary:
+    """Per latent (index i): how often it fires, its activations' histogram, its top positions."""
+    tokens: int  # positions streamed
+    fired: Tensor  # [h] positions where a_i > 0
+    total: Tensor  # [h] sum of a_i (float64)
+    top_values: Tensor  # [h, top] a_i at its top positions, largest first (0 where it fired fewer times)
+    top_positions: Tensor  # [h, top] their positions in the split (-1 where unused)
+    histogram_edges: Tensor  # [h, bins + 1]
+    histogram: Tensor  # [h, bins] counts of positive activations per bin
+
+    @property
+    def density(self) -> Tensor:
+        return self.fired.double() / max(self.tokens, 1)
+
+
+class TopActivations:
+    """Per latent, the ``top`` largest activations and where they are, merged chunk by chunk."""
+
+    def __init__(self, latents: int, top: int):
+        self.values = torch.zeros(latents, top)
+        self.positions = torch.full((latents, top), -1, dtype=torch.long)
+        self.fired = torch.zeros(latents, dtype=torch.long)
+        self.total = torch.zeros(latents, dtype=torch.float64)
+        self.tokens = 0
+
+    def update(self, codes: Tensor, start: int) -> None:
+        """``codes``: [n, h] for the positions start .. start + n - 1."""
+        codes = codes.float()
+        self.fired += (codes > 0).sum(0)
+        self.total += codes.double().sum(0)
+        k = min(self.values.shape[1], len(codes))
+        values, rows = codes.T.topk(k, dim=1)  # [h, k]
+        merged_values = torch.cat([self.values, values], dim=1)
+        merged_positions = torch.cat([self.positions, rows + start], dim=1)
+        best, order = merged_values.topk(self.values.shape[1], dim=1)
+        self.values, self.positions = best, merged_positions.gather(1, order)
+        self.tokens += len(codes)
+
+    def kept(self) -> tuple[Tensor, Tensor]:
+        """Top values and positions, with the positions of non-firing entries set to -1."""
+        positions = torch.where(self.values > 0, self.positions, torch.full_like(self.positions, -1))
+        return self.values.clamp_min(0), positions
+
+
+class Histograms:
+    """Per latent, counts of its positive activations in log-spaced bins below its largest activation
+    (known from a first pass), so that every latent's histogram has the same shape whatever its scale."""
+
+    def __init__(self, largest: Tensor, bins: int = HISTOGRAM_BINS):
+        top = largest.clamp_min(1e-12).double()
+        exponents = torch.linspace(-4, 0, bins + 1, dtype=torch.float64)
+        self.edges = top[:, None] * 10 ** exponents[None, :]  # [h, bins + 1]
+        self.counts = torch.zeros(len(largest), bins, dtype=torch.long)
+
+    def update(self, codes: Tensor) -> None:
+        codes = codes.double()
+        for i in range(1, self.edges.shape[1]):  # bins x [n, h] comparisons: no [n, h, bins] tensor
+            inside = (codes > self.edges[:, i - 1]) & (codes <= self.edges[:, i] * (1 + 1e-9))
+            self.counts[:, i - 1] += inside.sum(0)
+
+
+def stream_codes(model, activations: Tensor, chunk_size: int = 4096):
+    """(start, codes) for each chunk of a split's activations, in order."""
+    for start in range(0, len(activations), chunk_size):
+        yield start, model.codes(activations[start:start + chunk_size], chunk_size)
+
+
+def summarise(model, activations: Tensor, top: int, chunk_size: int = 4096) -> LatentSummary:
+    """Two passes over the split: the top positions, firing counts and sums, then the histograms."""
+    latents = model.feature_directions().shape[0]
+    tops = TopActivations(latents, top)
+    for start, codes in stream_codes(model, activations, chunk_size):
+        tops.update(codes, start)
+    values, positions = tops.kept()
+    histograms = Histograms(values[:, 0])
+    for _, codes in stream_codes(model, activations, chunk_size):
+        histograms.update(codes)
+    return LatentSummary(tops.tokens, tops.fired, tops.total, values, positions, histograms.edges, histograms.counts)
+
+
+def neighbour_activations(model, activations: Tensor, positions: Tensor, window: int,
+                          chunk_size: int = 4096) -> Tensor:
+    """[h, top, 2 * window + 1]: latent i's activation at each of its top positions and ``window`` positions
+    either side (0 outside the split and where a top slot is unused), gathered chunk by chunk from the
+    (latent, position) pairs needed: memory grows with h x top x window, not with the tokens."""
+    latents, top = positions.shape
+    offsets = torch.arange(-window, window + 1)
+    wanted = positions[:, :, None] + offsets  # [h, top, w]
+    valid = (positions[:, :, None] >= 0) & (wanted >= 0) & (wanted < len(activations))
+    latent_of = torch.arange(latents)[:, None, None].expand_as(wanted)
+    flat_positions, flat_latents = wanted[valid], latent_of[valid]
+    order = flat_positions.argsort()
+    flat_positions, flat_latents = flat_positions[order], flat_latents[order]
+    gathered = torch.zeros(len(flat_positions))
+    bounds = np.searchsorted(flat_positions.numpy(), np.arange(0, len(activations) + chunk_size, chunk_size))
+    for chunk, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        if hi > lo:
+            start = chunk * chunk_size
+            codes = model.codes(activations[start:start + chunk_size], chunk_size).float()
+            gathered[lo:hi] = codes[flat_positions[lo:hi] - start, flat_latents[lo:hi]]
+    result = torch.zeros(latents, top, len(offsets))
+    unsorted = torch.empty_like(gathered)
+    unsorted[order] = gathered
+    result[valid] = unsorted
+    return result
