@@ -16,13 +16,12 @@ from pathlib import Path
 
 import hydra
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from activations.language_model import hub_id
-from checkpoint_io import check_readable
 from lightning_modules.sae import SparseAutoencoder
-from run_folder import CHECKPOINTS, LAST_CHECKPOINT, read_metrics
+from analysis.trained import trained_model
+from run_folder import LAST_CHECKPOINT
 
 SAELENS_FORMAT_VERSION = "6.0.0"  # the cfg.json layout of SAELens 6 (metadata nested)
 
@@ -74,21 +73,11 @@ def hooked_module(data: dict) -> tuple[str | None, bool]:
 
 
 def export(run_dir: Path, out: Path, checkpoint: str = LAST_CHECKPOINT) -> Path:
-    config_file, ckpt = run_dir / "config_resolved.yaml", run_dir / CHECKPOINTS / checkpoint
-    for path in (config_file, ckpt):
-        if not path.is_file():
-            raise ValueError(f"{path} not found: is {run_dir} a training run folder?")
-    check_readable(str(ckpt), advice="export another of the run's checkpoints with checkpoint=<name>, or train "
-                                     "the run again")
-    status = read_metrics(run_dir).get("status")
-    if status != "finished":
-        print(f"note: {run_dir} has not finished (status {status}): exporting its checkpoint {checkpoint} as it is")
-    cfg = OmegaConf.load(config_file)
-    model = instantiate(cfg.model, loss=instantiate(cfg.loss))
+    cfg, model = trained_model(run_dir, checkpoint, advice="export another of the run's checkpoints with "
+                                                           "checkpoint=<name>, or train the run again")
     if getattr(model, "saelens_architecture", None) is None:
         raise ValueError(f"{type(model).__name__} has no export to the SAELens format"
                          + ("" if hasattr(model, "decoder_weight") else ": it has no decoder (only the SAE family exports)"))
-    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)

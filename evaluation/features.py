@@ -92,16 +92,13 @@ def summarise(model, activations: Tensor, top: int, chunk_size: int = 4096) -> L
     return LatentSummary(tops.tokens, tops.fired, tops.total, values, positions, histograms.edges, histograms.counts)
 
 
-def neighbour_activations(model, activations: Tensor, positions: Tensor, window: int,
-                          chunk_size: int = 4096) -> Tensor:
-    """[h, top, 2 * window + 1]: latent i's activation at each of its top positions and ``window`` positions
-    either side (0 outside the split and where a top slot is unused), gathered chunk by chunk from the
-    (latent, position) pairs needed: memory grows with h x top x window, not with the tokens."""
-    latents, top = positions.shape
-    offsets = torch.arange(-window, window + 1)
-    wanted = positions[:, :, None] + offsets  # [h, top, w]
-    valid = (positions[:, :, None] >= 0) & (wanted >= 0) & (wanted < len(activations))
-    latent_of = torch.arange(latents)[:, None, None].expand_as(wanted)
+def activations_at(model, activations: Tensor, wanted: Tensor, chunk_size: int = 4096) -> Tensor:
+    """[h, ...]: latent i's activation at each position of ``wanted[i]`` ([h, ...] positions in the split,
+    -1 for none: 0 there), gathered chunk by chunk from the (latent, position) pairs needed, so that memory
+    grows with the pairs (latents x top x context), not with the tokens."""
+    latents = wanted.shape[0]
+    valid = wanted >= 0
+    latent_of = torch.arange(latents).view(-1, *([1] * (wanted.dim() - 1))).expand_as(wanted)
     flat_positions, flat_latents = wanted[valid], latent_of[valid]
     order = flat_positions.argsort()
     flat_positions, flat_latents = flat_positions[order], flat_latents[order]
@@ -112,7 +109,7 @@ def neighbour_activations(model, activations: Tensor, positions: Tensor, window:
             start = chunk * chunk_size
             codes = model.codes(activations[start:start + chunk_size], chunk_size).float()
             gathered[lo:hi] = codes[flat_positions[lo:hi] - start, flat_latents[lo:hi]]
-    result = torch.zeros(latents, top, len(offsets))
+    result = torch.zeros(wanted.shape)
     unsorted = torch.empty_like(gathered)
     unsorted[order] = gathered
     result[valid] = unsorted

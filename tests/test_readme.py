@@ -8,6 +8,7 @@ from hydra import compose, initialize_config_dir
 from conftest import QUICK, ROOT, read_metrics, run_cli
 
 ANALYSIS_KEYS = {"dir", "run", "out"}  # the analysis and export commands' own keys
+ANALYSIS_CONFIGS = ("features", "steer")  # the other commands' configs, where an option of theirs composes
 
 
 def documented_overrides() -> list[str]:
@@ -15,7 +16,8 @@ def documented_overrides() -> list[str]:
     sweeps (``a,b``) expanded; placeholders (``<dir>``, ``…``, ``[...]``) and commands' flags left out."""
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     text, found = "\n".join(page.read_text() for page in pages), []
-    blocks = re.findall(r"```(?!python)[a-z]*\n(.*?)```", text, flags=re.S)  # Python code is not overrides
+    blocks = [code for language, code in re.findall(r"```([a-z]*)\n(.*?)```", text, flags=re.S)
+              if language != "python"]  # Python code is not overrides
     for span in blocks + re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S)):
         for token in span.split():
             key, _, values = token.strip("[]").partition("=")
@@ -38,18 +40,19 @@ def test_the_readme_names_the_overrides_users_reach_for():
 @pytest.mark.parametrize("override", OVERRIDES)
 def test_every_documented_override_composes(override):
     """With the default config, or with one option of the group it belongs to (``model.threshold_param`` is a
-    JumpReLU's, ``hydra.launcher.gpus_per_node`` SLURM's)."""
+    JumpReLU's, ``hydra.launcher.gpus_per_node`` SLURM's), or as an option of analysis.features or analysis.steer."""
     key = override.split("=")[0]
     group = "hydra/launcher" if key.startswith("hydra.launcher.") else key.split(".")[0]
     options = sorted(path.stem for path in (ROOT / "conf" / group).glob("*.yaml")) if "." in key else []
     errors = []
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        for context in [[]] + [[f"{group}={option}"] for option in options]:
+        attempts = [("train", [*context, override]) for context in [[]] + [[f"{group}={option}"] for option in options]]
+        for config, overrides in attempts + [(name, [override]) for name in ANALYSIS_CONFIGS]:
             try:
-                compose("train", overrides=[*context, override], return_hydra_config=True)
+                compose(config, overrides=overrides, return_hydra_config=config == "train")
                 return
             except Exception as error:  # noqa: BLE001 (Hydra raises several types; all mean "does not compose")
-                errors.append(f"{context}: {error}")
+                errors.append(f"{config} {overrides}: {error}")
     pytest.fail("\n".join(errors))
 
 

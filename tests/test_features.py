@@ -1,0 +1,188 @@
+"""The feature browser, ReasonScore and steering: the math in float64 against direct computations, steering on
+a small random causal Llama, and the commands through Hydra on a MiniLM run, the page opened in Chromium."""
+import json
+import math
+import os
+import shutil
+import subprocess
+
+import pytest
+import torch
+from conftest import QUICK, run_cli
+
+from evaluation.features import Histograms, TopActivations, activations_at
+from evaluation.reason_score import ReasonSums, reason_score, windows, word_groups
+from evaluation.steering import generate, next_token_logits, steer
+
+LM_RUN = ["experiment=lm_sae", "data.max_tokens={train:3000,val:600,test:600}", "model.hidden_dim=64",
+          "data.batch_size=256", "data.eval_batch_size=512", "trainer.max_epochs=2", "model.lr=1e-3", "logger=csv",
+          "data.progress=false", "callbacks.unit_metrics.figures=false", "callbacks.downstream_fidelity.max_sequences=4"]
+
+
+class WordTokenizer:
+    """Words to ids: "let me" is two tokens, as in a real tokenizer."""
+    ids = {"wait": [7], "Wait": [8], "let me": [3, 4], "hmm": [9]}
+
+    def encode(self, text, add_special_tokens=False):
+        return self.ids.get(text, [])
+
+
+def test_reason_score_equals_the_formula_computed_by_hand_in_float64():
+    groups = word_groups(["wait", "Wait", "let me", "hmm", "absent"], WordTokenizer())
+    assert list(groups) == ["wait", "let me", "hmm"] and groups["wait"] == [[7], [8]]
+    tokens = torch.tensor([[1, 7, 2, 2, 2, 3, 4, 2, 2, 2, 2, 2],
+                           [2, 2, 2, 8, 2, 2, 2, 2, 9, 2, 2, 2]])
+    masks = windows(tokens, groups)  # [R, n, L]
+    expected = torch.zeros_like(masks)
+    expected[0, 0, 0:4] = expected[0, 1, 2:6] = True  # wait at (0, 1) and Wait at (1, 3): one before, two after
+    expected[1, 0, 4:9] = True  # "let me" at (0, 5..6): from one before its first to two after its last
+    expected[2, 1, 7:11] = True  # hmm at (1, 8)
+    assert torch.equal(masks, expected)
+
+    generator = torch.Generator().manual_seed(0)
+    codes = torch.relu(torch.randn(24, 5, generator=generator, dtype=torch.float64))  # 5 latents, 24 tokens
+    in_groups = masks.permute(1, 2, 0).reshape(24, 3)
+    sums = ReasonSums.zeros(5, 3)
+    for start in range(0, 24, 7):  # streamed in chunks
+        sums.update(codes[start:start + 7], in_groups[start:start + 7])
+    got = reason_score(sums, alpha=0.7)
+
+    plus = in_groups.any(1)
+    mu_plus, mu_minus = codes[plus].mean(0), codes[~plus].mean(0)
+    for i in range(5):
+        mu_r = [codes[in_groups[:, r], i].mean().item() for r in range(3)]
+        p = [m / (sum(mu_r) + 1e-12) for m in mu_r]
+        entropy = -sum(q * math.log(q) for q in p if q > 0) / math.log(3)
+        score = (mu_plus[i] / (mu_plus.sum() + 1e-12) * entropy ** 0.7 - mu_minus[i] / (mu_minus.sum() + 1e-12))
+        assert got[i].item() == pytest.approx(score.item(), rel=1e-12, abs=1e-15)
+
+
+def test_streamed_top_activations_and_histograms_equal_the_direct_ones():
+    generator = torch.Generator().manual_seed(1)
+    codes = torch.relu(torch.randn(1000, 6, generator=generator)) * (torch.rand(1000, 6, generator=generator) > 0.7)
+    tops = TopActivations(6, top=5)
+    for start in range(0, 1000, 64):
+        tops.update(codes[start:start + 64], start)
+    values, positions = tops.kept()
+    direct = codes.T.topk(5, dim=1)
+    assert torch.equal(values, direct.values) and torch.equal(positions, direct.indices)
+    assert torch.equal(tops.fired, (codes > 0).sum(0)) and tops.tokens == 1000
+    histograms = Histograms(values[:, 0])
+    histograms.update(codes)
+    assert torch.equal(histograms.counts.sum(1), ((codes > 1e-4 * values[:, 0]) & (codes > 0)).sum(0))
+
+
+def test_activations_at_gathers_each_latent_s_own_positions():
+    class Identity:  # "codes" of an input are the input itself
+        def codes(self, x, chunk_size):
+            return x
+
+    x = torch.arange(40.0).view(10, 4)  # position p, latent i -> 4 p + i
+    wanted = torch.tensor([[0, 9, -1], [3, 3, 2], [-1, -1, -1], [5, 0, 1]])
+    got = activations_at(Identity(), x, wanted, chunk_size=3)
+    expected = torch.where(wanted >= 0, 4 * wanted + torch.arange(4)[:, None], 0).float()
+    assert torch.equal(got, expected)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+    return LlamaForCausalLM(config).eval()
+
+
+def test_steering_at_strength_zero_is_the_clean_generation(tiny_llama):
+    prompt = torch.tensor([[5, 9, 13, 2]])
+    module = {1: "model.layers.1"}
+    direction = torch.randn(32)
+    clean = generate(tiny_llama, prompt, 12)
+    assert torch.equal(generate(tiny_llama, prompt, 12, module, steer(direction, 0.0, "add")), clean)
+    assert not torch.equal(generate(tiny_llama, prompt, 12, module, steer(direction, 50.0, "add")), clean)
+
+
+def test_a_large_step_along_a_direction_predicts_the_next_token_through_norm_and_unembedding(tiny_llama):
+    prompt = torch.tensor([[5, 9, 13, 2]])
+    module = {1: "model.layers.1"}  # the last block: its output goes through the final norm to the head
+    for token in (3, 40):
+        direction = tiny_llama.lm_head.weight[token].detach() / tiny_llama.model.norm.weight.detach()
+        with torch.no_grad():  # as the step grows, the final norm sees the direction alone
+            predicted = tiny_llama.lm_head(tiny_llama.model.norm(direction[None]))[0]
+        logits = next_token_logits(tiny_llama, prompt, module, steer(direction, 1e4, "add"))
+        clean = next_token_logits(tiny_llama, prompt)
+        assert logits.argmax() == predicted.argmax() and not torch.allclose(clean, logits, atol=1e-2)
+        torch.testing.assert_close(logits.softmax(-1), predicted.softmax(-1), atol=1e-4, rtol=1e-3)
+
+
+def test_clamp_sets_the_latent_s_activation(tiny_llama):
+    """With the activation read as h . w / |w|^2, clamping to c leaves h with exactly that activation."""
+    direction = torch.randn(32, dtype=torch.float64)
+    h = torch.randn(3, 5, 32, dtype=torch.float64)
+
+    def activation(rows):
+        return rows @ direction / direction.dot(direction)
+
+    moved = steer(direction, 2.5, "clamp", activation)(0, h)
+    torch.testing.assert_close(activation(moved.reshape(-1, 32)), torch.full((15,), 2.5, dtype=torch.float64))
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("features")
+    run_cli("train.py", *LM_RUN, f"data.cache_dir={root / 'cache'}", f"hydra.run.dir={root / 'run'}")
+    return root
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_the_browser_page_opens_in_chromium_with_its_index_and_a_latent_card(lm_run):
+    result = run_cli("-m", "analysis.features", f"run={lm_run / 'run'}", "top=5", "window=3")
+    out = lm_run / "run" / "features"
+    assert "64 of 64 latents over 630 test tokens" in result.stdout  # max_tokens ends with a whole window
+    page = json.loads((out / "features.json").read_text())
+    assert len(page["features"]) == 64 and page["logit_effect"].startswith("not applicable: minilm is not a causal")
+    firing = [card for card in page["features"] if card["contexts"]]
+    card = firing[0]
+    context = card["contexts"][0]
+    assert context["acts"][context["focus"]] == card["max"] and len(context["tokens"]) <= 7
+    assert (out / "reason_score.md").read_text().startswith("# ReasonScore: the top latents of")
+    browser = chromium()
+    if browser is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is missing under CI: the README's test command installs it (scripts/browser.sh)")
+        pytest.skip("chromium is not installed (bash scripts/browser.sh installs it)")
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                          (out / "index.html").as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert dom.count('class="latent"') == 64  # the index, one row per latent
+    assert 'id="latent-card"' in dom and dom.count('class="context"') >= 1  # the first card, with its contexts
+    assert "not a causal LM" in dom  # what does not apply is said, not failed
+
+
+@pytest.mark.parametrize("command, message", [
+    (["-m", "analysis.features", "features=[64]"], "features=[64] out of range: the run's model has 64 latents"),
+    (["-m", "analysis.features", "reasoning_words=[]"], "reasoning_words is empty"),
+    (["-m", "analysis.steer", "feature=3", "prompt=x"], "steering needs a causal LM: minilm is a sentence encoder"),
+])
+def test_bad_feature_input_is_one_error_line(lm_run, command, message):
+    result = run_cli(*command, f"run={lm_run / 'run'}", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {message}")
+
+
+def test_a_missing_cache_or_a_run_without_one_is_one_line(lm_run, tmp_path):
+    cache = lm_run / "cache"
+    moved = tmp_path / "moved"
+    shutil.move(cache, moved)
+    try:
+        result = run_cli("-m", "analysis.features", f"run={lm_run / 'run'}", check=False)
+    finally:
+        shutil.move(moved, cache)
+    assert result.stderr.strip().splitlines()[-1].startswith("error: no activation cache for")
+    assert "add harvest=true" in result.stderr
+    run_cli("train.py", *QUICK, f"hydra.run.dir={tmp_path / 'mixture'}")
+    result = run_cli("-m", "analysis.features", f"run={tmp_path / 'mixture'}", check=False)
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'mixture'} is not an LM run")
