@@ -110,7 +110,8 @@ def make_logger(cfg: DictConfig, calibrated: dict | None):
 def make_callbacks(cfg: DictConfig, calibrated: dict | None) -> dict[str, pl.Callback]:
     """The callbacks of ``cfg.callbacks`` by name, in its order (null disables one); the metrics file
     also records the calibration."""
-    extra = {"metrics_file": {"extra": {f"calibration_{key}": value for key, value in (calibrated or {}).items()}}}
+    extra = {"metrics_file": {"extra": {f"calibration_{key}": value for key, value in (calibrated or {}).items()},
+                              "_convert_": "all"}}  # plain lists and dicts, as JSON writes them
     return {name: instantiate(callback, **extra.get(name, {})) for name, callback in cfg.callbacks.items() if callback}
 
 

@@ -12,6 +12,7 @@ for programs) and ``reason_score.md`` (the top latents by ReasonScore). It reads
 ``top``, not with the tokens. A count in ``features`` keeps the latents with the highest ReasonScore.
 """
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -216,7 +217,7 @@ def reason_table(page: dict, scores, tops, values, context_ids, chosen: list[int
     order = sorted(range(len(chosen)), key=lambda n: -float(scores[chosen[n]]))[:rows]
     lines = [f"# ReasonScore: the top latents of {page['run']}", "",
              f"{page['model']} layer {page['layer']}, {page['tokens']} {page['split']} tokens; ReasonScore as "
-             f"docs/lm.md defines it (alpha {page['reason_score']['alpha']}).", "",
+             f"docs/features.md defines it (alpha {page['reason_score']['alpha']}).", "",
              "| latent | ReasonScore | density | max activation | its top token |", "|---|---|---|---|---|"]
     for n in order:
         i = chosen[n]
@@ -232,6 +233,7 @@ def log_to_wandb(run_cfg: DictConfig, run_dir: Path, page: Path) -> None:
     logger = run_cfg.get("logger") or {}
     if not str(logger.get("_target_", "")).endswith("WandbLogger"):
         return
+    os.environ.setdefault("WANDB_SILENT", "true")  # as train.py: the line below says where it went
     import wandb
 
     wandb.setup()

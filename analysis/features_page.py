@@ -113,14 +113,13 @@ def render(page: dict) -> str:
 <body>
 <div id="side"><header><h1>{title}</h1>
 <div class="note">{html.escape(page['run'])}: {page['tokens']} {page['split']} tokens, {page['latents']} latents.
-ReasonScore: the reasoning words' windows against the rest (docs/lm.md).</div>
+ReasonScore: the reasoning words' windows against the rest (docs/features.md).<br>{html.escape(page['stamp'])}</div>
 <form onsubmit="find(event)"><label>latent <input id="find" type="number" min="0" max="{page['latents'] - 1}"></label>
 <button>show</button></form></header>
 <div id="list"><table id="index"><thead><tr><th onclick="sortBy('index')">latent</th>
 <th onclick="sortBy('density')">density</th><th onclick="sortBy('max')">max</th>
 <th onclick="sortBy('reason_score')">ReasonScore</th></tr></thead><tbody id="rows"></tbody></table></div></div>
 <main id="card"></main>
-<footer class="note" style="position: fixed; bottom: 4px; right: 10px;">{html.escape(page['stamp'])}</footer>
 <script type="application/json" id="data">{data}</script>
 <script>{SCRIPT}</script>
 </body></html>

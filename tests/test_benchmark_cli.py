@@ -27,7 +27,7 @@ def test_benchmark_sweep_and_analysis_end_to_end(tmp_path):
     (tmp_path / "conf" / "experiment" / "benchmark_tiny.yaml").write_text(TINY_BENCHMARK)
     sweep = tmp_path / "sweep"
     run_cli("train.py", "-m", "--config-dir", str(tmp_path / "conf"), "experiment=benchmark_tiny", *QUICK,
-            "model.hidden_dim=16", "trainer.limit_train_batches=2", f"hydra.sweep.dir={sweep}")
+            "model.hidden_dim=16", "trainer.limit_train_batches=40", f"hydra.sweep.dir={sweep}")
     runs = sorted(p for p in sweep.iterdir() if p.name.isdigit())
     assert len(runs) == 8
     metrics = [read_metrics(run) for run in runs]
@@ -59,7 +59,8 @@ def test_calibration_lands_near_the_target_l0(tmp_path):
     (["model=sae", "calibrate.target_l0=65"], "calibrate.target_l0 must be in"),
     (["model=topk", "calibrate.target_l0=2"], "calibration needs a loss with one sparsity penalty"),
     (["model=topk", "+sparsity=65"], "model.k must be in [1, hidden_dim=64]"),
-    (["model=encoder", "loss=mse_l1"], "loss term 'mse' needs ['x_hat']"),
+    (["model=encoder", "loss=mse_l1"], "loss term 'mse' needs ['decoder_norms', 'nonnegative_codes', 'x_hat'] (a "
+                                       "Reconstruction), which DecoderFreeEncoder does not produce"),
 ])
 def test_a_model_and_loss_that_do_not_fit_fail_in_one_line(tmp_path, overrides, message):
     result = run_cli("train.py", *QUICK, *overrides, f"hydra.run.dir={tmp_path}", check=False)
