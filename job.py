@@ -3,6 +3,7 @@ or the data before any training starts, the calibration of lambda, the logger, t
 trainer, what a failure becomes, and the run's last lines."""
 import itertools
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -100,7 +101,10 @@ def make_logger(cfg: DictConfig, calibrated: dict | None):
         import wandb
 
         # W&B set up from the environment (WANDB_SILENT, train.py) before Lightning starts its run: its settings
-        # then stay quiet about the `anonymous` argument that Lightning always passes and W&B no longer reads
+        # then stay quiet about the `anonymous` argument that Lightning always passes and W&B no longer reads.
+        # They are read once, here: the offline mode Lightning would set when it starts the run is set first
+        if cfg.logger.get("offline"):
+            os.environ["WANDB_MODE"] = "offline"
         wandb.setup()
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True) | {"calibration": calibrated})

@@ -1,5 +1,8 @@
 """The real train.py and analysis commands, through Hydra, on small data."""
 import math
+import os
+import subprocess
+import sys
 import time
 from datetime import datetime
 
@@ -151,6 +154,16 @@ def test_a_run_resumed_from_a_checkpoint_continues_in_its_run_folder(tmp_path):
     metrics = read_metrics(first)
     assert metrics["global_step"] == 2 * steps_per_epoch and metrics["epoch"] == 2
     assert metrics["status"] == "finished" and not (tmp_path / "outputs").exists()
+
+
+def test_the_default_logger_needs_no_wandb_settings_in_the_environment(tmp_path):
+    """As a fresh machine runs it: no WANDB_MODE, no API key; the logger's offline: true is enough."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("WANDB_")}
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *QUICK, "logger=wandb", f"hydra.run.dir={tmp_path}"],
+                            cwd=tmp_path, env=env | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert read_metrics(tmp_path)["status"] == "finished" and list((tmp_path / "wandb").glob("offline-run-*"))
+    assert "wandb: WARNING" not in result.stdout + result.stderr
 
 
 def test_logger_none_trains_without_a_logger(tmp_path):
