@@ -214,8 +214,10 @@ class TopKSAE(SparseAutoencoder):
 
     def sparse_decode(self, values: Tensor, indices: Tensor) -> Tensor:
         """sum_j values[..., j] * W_dec[:, indices[..., j]]."""
-        rows = F.embedding_bag(indices.reshape(-1, indices.shape[-1]), self.decoder_weight().T,
-                               per_sample_weights=values.reshape(-1, values.shape[-1]), mode="sum")
+        weight = self.decoder_weight().T
+        # under autocast (bf16-mixed) the values come in bfloat16; embedding_bag wants the weight's type
+        rows = F.embedding_bag(indices.reshape(-1, indices.shape[-1]), weight,
+                               per_sample_weights=values.reshape(-1, values.shape[-1]).to(weight.dtype), mode="sum")
         return rows.view(*values.shape[:-1], -1)
 
     def forward(self, x: Tensor) -> TopKOutput:
