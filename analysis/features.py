@@ -111,7 +111,8 @@ def token_text(tokenizer, token: int) -> str:
     word starts get their space; byte-level BPE's pieces carry their own."""
     from tokenizers.decoders import WordPiece
 
-    if isinstance(getattr(tokenizer, "backend_tokenizer", None) and tokenizer.backend_tokenizer.decoder, WordPiece):
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # a fast tokenizer's: its decoder says how pieces join
+    if backend is not None and isinstance(backend.decoder, WordPiece):
         piece = tokenizer.convert_ids_to_tokens(token)
         return piece[2:] if piece.startswith("##") else " " + piece
     return tokenizer.decode([token])
@@ -204,7 +205,7 @@ def browse(cfg: DictConfig) -> Path:
             "vocab": vocab, "features": cards}
     (out / "features.json").write_text(json.dumps(page))
     (out / "index.html").write_text(render(page))
-    (out / "reason_score.md").write_text(reason_table(page, scores, tops, values, context_ids, chosen, vocab))
+    (out / "reason_score.md").write_text(reason_table(page))
     seconds = time.time() - started
     print(f"wrote {out / 'index.html'}, features.json and reason_score.md: {len(chosen)} of {latents} latents over "
           f"{tops.tokens} {cfg.split} tokens in {seconds:.0f} s")
@@ -212,19 +213,19 @@ def browse(cfg: DictConfig) -> Path:
     return out
 
 
-def reason_table(page: dict, scores, tops, values, context_ids, chosen: list[int], vocab: dict, rows: int = 20) -> str:
-    """The latents with the highest ReasonScore, each with the token it fires most on."""
-    order = sorted(range(len(chosen)), key=lambda n: -float(scores[chosen[n]]))[:rows]
+def reason_table(page: dict, rows: int = 20) -> str:
+    """The page's latents with the highest ReasonScore, each with the token it fires most on."""
+    cards = sorted(page["features"], key=lambda card: -card["reason_score"])[:rows]
     lines = [f"# ReasonScore: the top latents of {page['run']}", "",
              f"{page['model']} layer {page['layer']}, {page['tokens']} {page['split']} tokens; ReasonScore as "
              f"docs/features.md defines it (alpha {page['reason_score']['alpha']}).", "",
              "| latent | ReasonScore | density | max activation | its top token |", "|---|---|---|---|---|"]
-    for n in order:
-        i = chosen[n]
-        top_token = int(context_ids[n, 0, page["window"]]) if values[i, 0] > 0 else -1
-        shown = vocab.get(str(top_token), "–").replace("|", "\\|").replace("\n", "\\n")
-        lines.append(f"| {i} | {float(scores[i]):.3g} | {float(tops.fired[i]) / max(tops.tokens, 1):.3g} | "
-                     f"{float(values[i, 0]):.3g} | `{shown}` |")
+    for card in cards:
+        first = card["contexts"][0] if card["contexts"] else None
+        shown = page["vocab"][str(first["tokens"][first["focus"]])] if first else "–"
+        shown = shown.replace("|", "\\|").replace("\n", "\\n")
+        lines.append(f"| {card['index']} | {card['reason_score']:.3g} | {card['density']:.3g} | {card['max']:.3g} | "
+                     f"`{shown}` |")
     return "\n".join(lines) + f"\n\n{page['stamp']}\n"
 
 

@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from activations.language_model import is_causal, load_config
-from analysis.features import lm_data
+from analysis.features import directions, lm_data
 from analysis.stamp import stamp_line
 from analysis.trained import run_config, trained_model
 from errors import first_line
@@ -52,7 +52,7 @@ def run(cfg: DictConfig) -> Path:
         raise ValueError(f"feature={cfg.feature} out of range: the run's model has {latents} latents (0..{latents - 1})")
     data = lm_data(run_cfg, run_dir, cfg.harvest)
     peak = largest_activation(model, data.splits["test"][0], cfg.feature)
-    direction = (model.decoder_weight()[:, cfg.feature] / model.input_scale).detach()
+    direction = directions(model)[0][cfg.feature]
     amount = cfg.strength * peak
 
     def activation(h: torch.Tensor) -> torch.Tensor:

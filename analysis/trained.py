@@ -3,10 +3,10 @@ and its model with the checkpoint's weights, after checks that say in one line w
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from checkpoint_io import check_readable
+from job import make_model
 from run_folder import CHECKPOINTS, LAST_CHECKPOINT, read_metrics
 
 
@@ -27,6 +27,6 @@ def trained_model(run_dir: Path, checkpoint: str = LAST_CHECKPOINT, advice: str 
     status = read_metrics(run_dir).get("status")
     if status != "finished":
         print(f"note: {run_dir} has not finished (status {status}): reading its checkpoint {checkpoint} as it is")
-    model = instantiate(cfg.model, loss=instantiate(cfg.loss)) if cfg.get("loss") else instantiate(cfg.model)
+    model = make_model(cfg)
     model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
     return cfg, model.eval()

@@ -1,30 +1,12 @@
-"""What each latent of a trained sparse coder responds to, measured in one streaming pass over a split's
-codes: its firing density, a histogram of its activations, its top-activating positions, and the sums
-ReasonScore needs. Memory is bounded by the latents times what is kept per latent (``top``, the bins),
-never by the number of tokens."""
-from dataclasses import dataclass
-
+"""What each latent of a trained sparse coder responds to, measured by streaming a split's codes chunk by
+chunk: its firing count, its top-activating positions, a histogram of its activations, and its activation at
+chosen positions. Memory is bounded by the latents times what is kept per latent (``top``, the bins, the
+positions asked for), never by the number of tokens."""
 import numpy as np
 import torch
 from torch import Tensor
 
 HISTOGRAM_BINS = 24  # log-spaced over the positive activations, per latent, from its largest down 1e-4 of it
-
-
-@dataclass
-class LatentSummary:
-    """Per latent (index i): how often it fires, its activations' histogram, its top positions."""
-    tokens: int  # positions streamed
-    fired: Tensor  # [h] positions where a_i > 0
-    total: Tensor  # [h] sum of a_i (float64)
-    top_values: Tensor  # [h, top] a_i at its top positions, largest first (0 where it fired fewer times)
-    top_positions: Tensor  # [h, top] their positions in the split (-1 where unused)
-    histogram_edges: Tensor  # [h, bins + 1]
-    histogram: Tensor  # [h, bins] counts of positive activations per bin
-
-    @property
-    def density(self) -> Tensor:
-        return self.fired.double() / max(self.tokens, 1)
 
 
 class TopActivations:
@@ -34,14 +16,12 @@ class TopActivations:
         self.values = torch.zeros(latents, top)
         self.positions = torch.full((latents, top), -1, dtype=torch.long)
         self.fired = torch.zeros(latents, dtype=torch.long)
-        self.total = torch.zeros(latents, dtype=torch.float64)
         self.tokens = 0
 
     def update(self, codes: Tensor, start: int) -> None:
         """``codes``: [n, h] for the positions start .. start + n - 1."""
         codes = codes.float()
         self.fired += (codes > 0).sum(0)
-        self.total += codes.double().sum(0)
         k = min(self.values.shape[1], len(codes))
         values, rows = codes.T.topk(k, dim=1)  # [h, k]
         merged_values = torch.cat([self.values, values], dim=1)
@@ -77,19 +57,6 @@ def stream_codes(model, activations: Tensor, chunk_size: int = 4096):
     """(start, codes) for each chunk of a split's activations, in order."""
     for start in range(0, len(activations), chunk_size):
         yield start, model.codes(activations[start:start + chunk_size], chunk_size)
-
-
-def summarise(model, activations: Tensor, top: int, chunk_size: int = 4096) -> LatentSummary:
-    """Two passes over the split: the top positions, firing counts and sums, then the histograms."""
-    latents = model.feature_directions().shape[0]
-    tops = TopActivations(latents, top)
-    for start, codes in stream_codes(model, activations, chunk_size):
-        tops.update(codes, start)
-    values, positions = tops.kept()
-    histograms = Histograms(values[:, 0])
-    for _, codes in stream_codes(model, activations, chunk_size):
-        histograms.update(codes)
-    return LatentSummary(tops.tokens, tops.fired, tops.total, values, positions, histograms.edges, histograms.counts)
 
 
 def activations_at(model, activations: Tensor, wanted: Tensor, chunk_size: int = 4096) -> Tensor:
