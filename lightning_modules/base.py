@@ -11,6 +11,7 @@ from torch import Tensor
 
 from lightning_modules.losses import CompositeLoss
 from lightning_modules.outputs import Code
+from lightning_modules.sparse import SparseCode
 
 
 class NonFiniteLossError(RuntimeError):
@@ -89,7 +90,11 @@ class SparseCoder(pl.LightningModule):
     @torch.no_grad()
     def step_l0(self, out: Code, terms: dict[str, Tensor]) -> Tensor:
         """L0 is a loss term of some models (JumpReLU's gates), measured here for the others."""
-        return terms["l0"].detach() if "l0" in terms else (out.a > 0).sum(-1).float().mean()
+        if "l0" in terms:
+            return terms["l0"].detach()
+        if isinstance(out.a, SparseCode):
+            return (out.a.values > 0).sum() / out.a.shape[0]
+        return (out.a > 0).sum(-1).float().mean()
 
     @torch.no_grad()
     def step_metrics(self, out: Code, terms: dict[str, Tensor]) -> dict[str, Tensor]:

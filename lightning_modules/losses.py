@@ -23,6 +23,7 @@ from torch import Tensor
 
 from lightning_modules.outputs import (Code, GatedOutput, JumpReLUOutput, MatryoshkaOutput, Reconstruction,
                                        TopKOutput)
+from lightning_modules.sparse import SparseCode
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class LossTerm:
     reads: type  # the model output it needs (lightning_modules/outputs.py)
     per_example: bool
     sparsity: bool  # scaled by the sparsity warm-up of the training schedule
+    sparse_codes: bool  # reads a sparse step's SparseCode a (and z, gate) as such; other terms get a dense a
     options: tuple[str, ...]  # the loss options it takes, by the names of its keyword arguments
 
     def __call__(self, out: Code, options: dict) -> Tensor:
@@ -41,12 +43,15 @@ class LossTerm:
 LOSS_TERMS: dict[str, LossTerm] = {}
 
 
-def register(name: str, reads: type = Code, per_example: bool = True, sparsity: bool = False):
+def register(name: str, reads: type = Code, per_example: bool = True, sparsity: bool = False,
+             sparse_codes: bool = False):
     """A loss term: ``fn(out, **its options) -> Tensor``, one value per example or, with ``per_example=False``,
-    one for the batch (it then sees the global batch's code under data parallelism)."""
+    one for the batch (it then sees the global batch's code under data parallelism). In a sparse training step
+    (lightning_modules/sparse.py) a term registered with ``sparse_codes`` reads ``out.a`` as a SparseCode;
+    the others read it made dense."""
     def decorator(fn):
         options = tuple(inspect.signature(fn).parameters)[1:]
-        LOSS_TERMS[name] = LossTerm(fn, reads, per_example, sparsity, options)
+        LOSS_TERMS[name] = LossTerm(fn, reads, per_example, sparsity, sparse_codes, options)
         return fn
 
     return decorator
@@ -126,13 +131,19 @@ class CompositeLoss:
     def __call__(self, out: Code, sparsity_scale: float = 1.0,
                  global_batch: Callable[[Tensor], Tensor] | None = None, ranks: int = 1) -> dict[str, Tensor]:
         """Every term and ``total`` per example, and the ``objective`` to minimise."""
-        values, total, objective, on_global_batch = {}, 0.0, 0.0, out
+        values, total, objective, dense, gathered = {}, 0.0, 0.0, out, None
         for name, weight in self.weights.items():
-            term = LOSS_TERMS[name]
-            if global_batch is not None and not term.per_example and on_global_batch is out:  # gathered once
-                on_global_batch = dataclasses.replace(out, a=global_batch(out.a))
+            term, seen = LOSS_TERMS[name], out
+            if isinstance(out.a, SparseCode) and not term.sparse_codes:
+                if dense is out:  # made dense once, for the terms that need every latent
+                    dense = dataclasses.replace(out, a=out.a.dense())
+                seen = dense
+            if global_batch is not None and not term.per_example:
+                if gathered is None:  # gathered once
+                    gathered = dataclasses.replace(seen, a=global_batch(seen.a))
+                seen = gathered
             with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
-                value = term(out if term.per_example else on_global_batch, self.options)
+                value = term(seen, self.options)
                 # summed over the global batch: this rank's rows, times the ranks that DDP averages over
                 summed_over = len(value) * ranks if term.per_example and self.reduction == "sum" else 1
                 value = value.mean() if term.per_example else value
@@ -146,43 +157,57 @@ class CompositeLoss:
 
 
 # Terms of the standard SAE family: they need a decoder (x_hat) and are reduced per example.
-@register("mse", reads=Reconstruction)
+@register("mse", reads=Reconstruction, sparse_codes=True)
 def mse(out: Reconstruction) -> Tensor:
     return ((out.x - out.x_hat) ** 2).sum(dim=-1)
 
 
 def magnitudes(out: Code) -> Tensor:
-    """|a|, or a itself where the model says its code cannot be negative (``nonnegative_codes``): at LM width
-    the abs and its backward's sign are two element-wise passes over a batch x latents tensor."""
-    return out.a if getattr(out, "nonnegative_codes", False) else out.a.abs()
+    """|a| (a SparseCode's at its entries), or a itself where the model says its code cannot be negative
+    (``nonnegative_codes``): at LM width the abs and its backward's sign are two element-wise passes over a
+    batch x latents tensor."""
+    a = out.a.values if isinstance(out.a, SparseCode) else out.a
+    return a if getattr(out, "nonnegative_codes", False) else a.abs()
 
 
-@register("l1", sparsity=True)
+def per_latent(out: Code, values: Tensor) -> Tensor:
+    """One value per latent, lined up with ``magnitudes(out)``."""
+    return values[out.a.columns] if isinstance(out.a, SparseCode) else values
+
+
+def row_sums(out: Code, entries: Tensor) -> Tensor:
+    """Per example, the sum over the code's entries of ``entries`` (lined up with ``magnitudes(out)``)."""
+    return out.a.row_sums(entries) if isinstance(out.a, SparseCode) else entries.sum(dim=-1)
+
+
+@register("l1", sparsity=True, sparse_codes=True)
 def l1(out: Code) -> Tensor:
-    return magnitudes(out).sum(dim=-1)
+    return row_sums(out, magnitudes(out))
 
 
-@register("l1_decnorm", reads=Reconstruction, sparsity=True)
+@register("l1_decnorm", reads=Reconstruction, sparsity=True, sparse_codes=True)
 def l1_decnorm(out: Reconstruction) -> Tensor:
     """sum_i |a_i| ||W_dec,i||: an L1 penalty that shrinking the codes while growing the decoder cannot evade
-    (a matrix-vector product: no batch x latents product to write)."""
+    (dense: a matrix-vector product, no batch x latents product to write)."""
+    if isinstance(out.a, SparseCode):
+        return row_sums(out, magnitudes(out) * per_latent(out, out.decoder_norms))
     return magnitudes(out) @ out.decoder_norms
 
 
-@register("l0", reads=JumpReLUOutput, sparsity=True)
+@register("l0", reads=JumpReLUOutput, sparsity=True, sparse_codes=True)
 def l0(out: JumpReLUOutput) -> Tensor:
     """The count of open gates; differentiable only through the gate's straight-through surrogate."""
-    return out.gate.sum(dim=-1)
+    return out.gate.row_sums(out.gate.values) if isinstance(out.gate, SparseCode) else out.gate.sum(dim=-1)
 
 
-@register("l0_tanh", reads=Reconstruction, sparsity=True)
+@register("l0_tanh", reads=Reconstruction, sparsity=True, sparse_codes=True)
 def l0_tanh(out: Reconstruction, tanh_scale: float) -> Tensor:
     """A smooth L0: sum_i tanh(c a_i ||W_dec,i||), c = ``tanh_scale`` (larger c, closer to the count). Its
     gradient reaches every active latent's magnitude, not only the ones near their threshold."""
-    return torch.tanh(tanh_scale * magnitudes(out) * out.decoder_norms).sum(dim=-1)
+    return row_sums(out, torch.tanh(tanh_scale * magnitudes(out) * per_latent(out, out.decoder_norms)))
 
 
-@register("auxk", reads=TopKOutput)
+@register("auxk", reads=TopKOutput, sparse_codes=True)
 def auxk(out: TopKOutput) -> Tensor:
     """Dead latents reconstruct the residual the live ones left (zero while no latent is dead)."""
     if out.aux_x_hat is None:
@@ -191,7 +216,7 @@ def auxk(out: TopKOutput) -> Tensor:
     return ((residual - out.aux_x_hat) ** 2).sum(dim=-1)
 
 
-@register("matryoshka", reads=MatryoshkaOutput)
+@register("matryoshka", reads=MatryoshkaOutput, sparse_codes=True)
 def matryoshka(out: MatryoshkaOutput) -> Tensor:
     """The squared error of every nested prefix's reconstruction, summed over prefixes."""
     return sum(((out.x - x_hat) ** 2).sum(dim=-1) for x_hat in out.prefix_x_hats)

@@ -6,6 +6,10 @@
     BatchTopKSAE       the k*B largest over the batch in training; a learned threshold (a JumpReLU) at evaluation
     MatryoshkaSAE      BatchTopK whose nested dictionary prefixes each reconstruct the input
     GatedSAE           a gate path decides which latents fire, a magnitude path (same directions) how much
+
+With ``sparse_below`` > 0, a training batch whose code has at most that fraction of its entries active trains
+sparse (lightning_modules/sparse.py): ``z`` and ``a`` of the output are then SparseCodes on the same entries,
+and only the encoder's forward matmul is dense. Values and gradients are the dense step's (tests/test_sparse.py).
 """
 import torch
 import torch.nn.functional as F
@@ -14,21 +18,26 @@ from torch import Tensor, nn
 from lightning_modules.base import SparseCoder
 from lightning_modules.losses import CompositeLoss
 from lightning_modules.outputs import GatedOutput, JumpReLUOutput, MatryoshkaOutput, Reconstruction, TopKOutput, extend
+from lightning_modules.sparse import SparseCode, selected_linear, sparse_decode, top_k
 
 
 class SparseAutoencoder(SparseCoder):
     saelens_architecture: str | None = "standard"  # its name in SAELens's format (analysis/export.py); None: none
     def __init__(self, input_dim: int, hidden_dim: int, loss: CompositeLoss, lr: float = 1e-3,
-                 tied: bool = False, unit_norm_decoder: bool = False, **schedule):
+                 tied: bool = False, unit_norm_decoder: bool = False, sparse_below: float = 0.0, **schedule):
         if hidden_dim <= 0:
             raise ValueError(f"model.hidden_dim must be > 0, got {hidden_dim}")
+        if not 0 <= sparse_below <= 1:
+            raise ValueError(f"model.sparse_below is a fraction of the code's entries in [0, 1], got {sparse_below}")
         super().__init__(loss, lr, **schedule)
         self.save_hyperparameters(ignore=["loss"], logger=False)  # train.py logs the whole config once
         self.encoder = nn.Linear(input_dim, hidden_dim)
         self.b_dec = nn.Parameter(torch.zeros(input_dim))
-        # tied: W_dec = W_enc^T, the decoder-free encoder's parameter count plus b_dec
-        self.W_dec = None if tied else nn.Parameter(self.encoder.weight.detach().T.clone())
+        # one row per latent, as the encoder's weight (and SAELens's W_dec): a sparse step reads whole rows.
+        # tied: the decoder is the encoder's weight, the decoder-free encoder's parameter count plus b_dec
+        self.W_dec = None if tied else nn.Parameter(self.encoder.weight.detach().clone())
         self.unit_norm_decoder = unit_norm_decoder
+        self.sparse_below = sparse_below  # 0: every training step dense
         self.normalize_weights()
 
     def inference_threshold(self) -> Tensor | None:
@@ -37,7 +46,11 @@ class SparseAutoencoder(SparseCoder):
 
     def decoder_weight(self) -> Tensor:
         """[input_dim, hidden_dim]: column i is latent i's direction."""
-        return self.encoder.weight.T if self.W_dec is None else self.W_dec
+        return self.decoder_rows().T
+
+    def decoder_rows(self) -> Tensor:
+        """[hidden_dim, input_dim]: row i is latent i's direction."""
+        return self.encoder.weight if self.W_dec is None else self.W_dec
 
     def activate(self, z: Tensor) -> Tensor:
         return F.relu(z)
@@ -49,8 +62,10 @@ class SparseAutoencoder(SparseCoder):
     def preactivation(self, x: Tensor) -> Tensor:
         """W_enc (x - b_dec) + b_enc, computed as W_enc x + (b_enc - W_enc b_dec): b_dec's gradient is then a
         matrix-vector product instead of the input gradient of a batch matmul (one of the step's six)."""
-        weight = self.encoder.weight
-        return F.linear(x * self.input_scale, weight, self.encoder.bias - weight @ self.b_dec)
+        return F.linear(x * self.input_scale, self.encoder.weight, self.folded_bias())
+
+    def folded_bias(self) -> Tensor:
+        return self.encoder.bias - self.encoder.weight @ self.b_dec
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         z = self.preactivation(x)
@@ -61,11 +76,11 @@ class SparseAutoencoder(SparseCoder):
         return self.decode_scaled(a) / self.input_scale
 
     def decode_scaled(self, a: Tensor) -> Tensor:
-        return a @ self.decoder_weight().T + self.b_dec
+        return a @ self.decoder_rows() + self.b_dec
 
     def reconstruction(self, x: Tensor, z: Tensor, a: Tensor, x_hat: Tensor) -> Reconstruction:
         """What the loss terms read, in the scaled space the model trains in."""
-        return Reconstruction(x * self.input_scale, z, a, x_hat, self.decoder_weight().norm(dim=0),
+        return Reconstruction(x * self.input_scale, z, a, x_hat, self.decoder_rows().norm(dim=1),
                               self.nonnegative_codes())
 
     def code_and_reconstruction(self, z: Tensor) -> tuple[Tensor, Tensor]:
@@ -75,16 +90,49 @@ class SparseAutoencoder(SparseCoder):
 
     def forward(self, x: Tensor) -> Reconstruction:
         z = self.preactivation(x)
+        entries = self.sparse_entries(z.detach()) if self.training and self.sparse_below else None
+        if entries is not None:
+            return self.sparse_forward(x, z.detach(), self.selected(x, entries))
         return self.reconstruction(x, z, *self.code_and_reconstruction(z))
 
+    def sparse_entries(self, z: Tensor) -> SparseCode | None:
+        """The entries a sparse step computes, with the pre-activations there (no gradient); None where the
+        batch's code is denser than ``sparse_below``."""
+        return entries_where(z > 0, z, self.sparse_below)
+
+    def selected(self, x: Tensor, entries: SparseCode) -> SparseCode:
+        """The pre-activations at ``entries``, differentiable in the encoder's parameters and b_dec."""
+        weight = self.encoder.weight
+        values = entries.values.to(weight.dtype)  # bfloat16 under autocast; the sparse products run in the weights'
+        return entries.with_values(selected_linear(x * self.input_scale, weight, self.folded_bias(), entries, values))
+
+    def activate_entries(self, preactivations: SparseCode) -> SparseCode:
+        """``activate`` at the entries only."""
+        return preactivations.with_values(F.relu(preactivations.values))
+
+    def sparse_forward(self, x: Tensor, z: Tensor, preactivations: SparseCode) -> Reconstruction:
+        """The output of a sparse step: z (dense, no gradient) picked the entries; ``preactivations`` holds
+        their differentiable values."""
+        code = self.activate_entries(preactivations)
+        x_hat = sparse_decode(code, self.decoder_rows()) + self.b_dec
+        return self.reconstruction(x, preactivations, code, x_hat)
+
     def feature_directions(self) -> Tensor:
-        return self.decoder_weight().T
+        return self.decoder_rows()
 
     @torch.no_grad()
     def normalize_weights(self) -> None:
         if self.unit_norm_decoder:
-            weight = self.decoder_weight()
-            weight /= weight.norm(dim=0, keepdim=True).clamp_min(1e-12)
+            rows = self.decoder_rows()
+            rows /= rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def entries_where(mask: Tensor, z: Tensor, sparse_below: float) -> SparseCode | None:
+    """The entries of ``mask`` with ``z``'s values there, unless more than ``sparse_below`` of them are set."""
+    if torch.count_nonzero(mask) > sparse_below * mask.numel():
+        return None
+    flat = mask.view(-1).nonzero().squeeze(1)
+    return SparseCode.from_flat(flat, z.view(-1)[flat], z.shape)
 
 
 def rectangle(u: Tensor) -> Tensor:
@@ -148,6 +196,9 @@ class JumpReLUSAE(SparseAutoencoder):
             raise ValueError(f"model.estimator must be one of {self.ESTIMATORS} and model.threshold_param one of "
                              f"{self.PARAMETRISATIONS}, got {estimator!r}, {threshold_param!r}")
         super().__init__(*args, **kwargs)
+        if self.sparse_below and estimator != "rectangle":
+            raise ValueError("model.sparse_below needs model.estimator=rectangle: the sigmoid's gradient reaches every "
+                             "latent, so its step cannot be sparse")
         initial = torch.full((self.hparams.hidden_dim,), float(threshold))
         self.threshold_param = nn.Parameter(initial.log() if threshold_param == "log" else initial)
         self.tau, self.estimator, self.bandwidth, self.parametrisation = tau, estimator, bandwidth, threshold_param
@@ -161,8 +212,19 @@ class JumpReLUSAE(SparseAutoencoder):
     def nonnegative_codes(self) -> bool:
         return self.parametrisation == "log"  # a linear theta can learn to go below 0 and pass negative z
 
-    def gate(self, z: Tensor) -> Tensor:
+    def sparse_entries(self, z: Tensor) -> SparseCode | None:
+        """The active entries and those within the rectangle's reach below theta, whose gradients reach theta."""
+        return entries_where(z > self.theta() - self.bandwidth / 2, z, self.sparse_below)
+
+    def activate_entries(self, preactivations: SparseCode) -> SparseCode:
+        theta = self.theta()[preactivations.columns]
+        return preactivations.with_values(JumpReLURectangle.apply(preactivations.values, theta, self.bandwidth))
+
+    def gate(self, z: Tensor | SparseCode) -> Tensor | SparseCode:
         """Forward: exactly 1[z > theta]; backward: the estimator's."""
+        if isinstance(z, SparseCode):
+            theta = self.theta()[z.columns]
+            return z.with_values(StepRectangle.apply(z.values, theta, self.bandwidth))
         theta = self.theta()
         if self.estimator == "rectangle":
             return StepRectangle.apply(z, theta, self.bandwidth)
@@ -204,35 +266,61 @@ class TopKSAE(SparseAutoencoder):
     def code_and_reconstruction(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """The code and its reconstruction, both from one topk over the pre-activations."""
         a, values, indices = self.top_k(z)
-        return a, self.sparse_decode(values, indices) + self.b_dec
+        return a, self.gather_decode(values, indices) + self.b_dec
 
     def decode_scaled(self, a: Tensor) -> Tensor:
         """Only the k latents a row can hold: k decoder columns gathered per example, k / hidden_dim of a
         matmul over every latent (the zeros past a row's positives add nothing)."""
         values, indices = a.topk(self.k, dim=-1)
-        return self.sparse_decode(values, indices) + self.b_dec
+        return self.gather_decode(values, indices) + self.b_dec
 
-    def sparse_decode(self, values: Tensor, indices: Tensor) -> Tensor:
-        """sum_j values[..., j] * W_dec[:, indices[..., j]]."""
-        weight = self.decoder_weight().T
+    def gather_decode(self, values: Tensor, indices: Tensor) -> Tensor:
+        """sum_j values[..., j] * W_dec[indices[..., j]]."""
+        weight = self.decoder_rows()
         # under autocast (bf16-mixed) the values come in bfloat16; embedding_bag wants the weight's type
         rows = F.embedding_bag(indices.reshape(-1, indices.shape[-1]), weight,
                                per_sample_weights=values.reshape(-1, values.shape[-1]).to(weight.dtype), mode="sum")
         return rows.view(*values.shape[:-1], -1)
 
+    def sparse_entries(self, z: Tensor) -> SparseCode | None:
+        """Each row's k largest pre-activations (relu then leaves the same code as top_k's)."""
+        if self.k > self.sparse_below * z.shape[-1]:
+            return None
+        values, indices = top_k(z, self.k)
+        return SparseCode.from_rows(indices, values, z.shape[-1])
+
     def forward(self, x: Tensor) -> TopKOutput:
         out = super().forward(x)
-        if self.training:
-            with torch.no_grad():
-                self.examples_since_fired += len(x)
-                self.examples_since_fired[(out.a > 0).any(dim=0)] = 0
-        dead = self.examples_since_fired > self.dead_after
+        if isinstance(out, TopKOutput):  # a sparse step's, aux included
+            return out
+        self.count_examples_since_fired(len(x), (out.a > 0).any(dim=0))
+        dead = self.dead()
         aux_x_hat = None
         if dead.any():  # the dead latents' top k_aux pre-activations reconstruct the residual
             k_aux = min(self.k_aux, int(dead.sum()))
             values, indices = F.relu(out.z.masked_fill(~dead, float("-inf"))).topk(k_aux, dim=-1)
-            aux_x_hat = self.sparse_decode(values, indices)
+            aux_x_hat = self.gather_decode(values, indices)
         return extend(out, TopKOutput, aux_x_hat=aux_x_hat)
+
+    def sparse_forward(self, x: Tensor, z: Tensor, preactivations: SparseCode) -> TopKOutput:
+        out = super().sparse_forward(x, z, preactivations)
+        self.count_examples_since_fired(len(x), out.a.fired())
+        dead = self.dead().nonzero().squeeze(1)
+        aux_x_hat = None
+        if len(dead):  # as in the dense step, from the dead columns of z only
+            values, picked = z[:, dead].topk(min(self.k_aux, len(dead)), dim=-1)
+            aux = self.activate_entries(self.selected(x, SparseCode.from_rows(dead[picked], values, z.shape[-1])))
+            aux_x_hat = sparse_decode(aux, self.decoder_rows())
+        return extend(out, TopKOutput, aux_x_hat=aux_x_hat)
+
+    def count_examples_since_fired(self, examples: int, fired: Tensor) -> None:
+        if self.training:
+            with torch.no_grad():
+                self.examples_since_fired += examples
+                self.examples_since_fired[fired] = 0
+
+    def dead(self) -> Tensor:
+        return self.examples_since_fired > self.dead_after
 
 
 class BatchTopKSAE(TopKSAE):
@@ -260,14 +348,26 @@ class BatchTopKSAE(TopKSAE):
         if not self.training:
             return positive * (z > self.threshold)
         values, indices = positive.flatten().topk(min(self.k * len(z), z.numel()))
-        kept = values[values > 0]
-        if len(kept):
-            with torch.no_grad():
-                smallest = kept.min()
-                first = self.threshold < 0
-                self.threshold.copy_(smallest if first else self.threshold_decay * self.threshold
-                                     + (1 - self.threshold_decay) * smallest)
+        self.update_threshold(values)
         return torch.zeros_like(positive.flatten()).scatter(0, indices, values).view_as(z)
+
+    def sparse_entries(self, z: Tensor) -> SparseCode | None:
+        if self.k > self.sparse_below * z.shape[-1]:
+            return None
+        values, flat = z.flatten().topk(min(self.k * len(z), z.numel()))
+        self.update_threshold(F.relu(values))
+        flat, order = flat.sort()
+        return SparseCode.from_flat(flat, values[order], z.shape)
+
+    @torch.no_grad()
+    def update_threshold(self, kept: Tensor) -> None:
+        """The running mean of the smallest positive activation a training batch kept."""
+        kept = kept[kept > 0]
+        if len(kept):
+            smallest = kept.min()
+            first = self.threshold < 0
+            self.threshold.copy_(smallest if first else self.threshold_decay * self.threshold
+                                 + (1 - self.threshold_decay) * smallest)
 
 
 class MatryoshkaSAE(BatchTopKSAE):
@@ -283,9 +383,14 @@ class MatryoshkaSAE(BatchTopKSAE):
 
     def forward(self, x: Tensor) -> MatryoshkaOutput:
         out = super().forward(x)
-        weight, x_hat, start, prefix_x_hats = self.decoder_weight(), self.b_dec.expand_as(out.x), 0, []
+        if isinstance(out.a, SparseCode):  # each prefix's entries decode on their own; the last prefix is x_hat
+            rows, code = self.decoder_rows(), out.a
+            prefix_x_hats = [sparse_decode(code.with_values(code.values * (code.columns < end)), rows) + self.b_dec
+                             for end in self.prefixes[:-1]]
+            return extend(out, MatryoshkaOutput, prefix_x_hats=[*prefix_x_hats, out.x_hat])
+        rows, x_hat, start, prefix_x_hats = self.decoder_rows(), self.b_dec.expand_as(out.x), 0, []
         for end in self.prefixes:  # each prefix adds its own latents to the previous reconstruction
-            x_hat = x_hat + out.a[:, start:end] @ weight[:, start:end].T
+            x_hat = x_hat + out.a[:, start:end] @ rows[start:end]
             prefix_x_hats.append(x_hat)
             start = end
         return extend(out, MatryoshkaOutput, prefix_x_hats=prefix_x_hats)
@@ -316,6 +421,6 @@ class GatedSAE(SparseAutoencoder):
     def forward(self, x: Tensor) -> GatedOutput:
         pi_gate, a = self.encode(x)
         activity = F.relu(pi_gate)
-        frozen = activity @ self.decoder_weight().detach().T + self.b_dec.detach()
+        frozen = activity @ self.decoder_rows().detach() + self.b_dec.detach()
         out = self.reconstruction(x, pi_gate, a, self.decode_scaled(a))
         return extend(out, GatedOutput, gate_activity=activity, gate_x_hat=frozen)

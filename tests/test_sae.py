@@ -74,9 +74,9 @@ def test_auxk_is_zero_until_latents_are_dead():
 def test_l1_decnorm_equals_an_independent_computation():
     model = SparseAutoencoder(10, 24, CompositeLoss({"mse": 1.0, "l1_decnorm": 1.0}))
     with torch.no_grad():
-        model.W_dec.mul_(torch.linspace(0.5, 3.0, 24))  # unequal column norms
+        model.W_dec.mul_(torch.linspace(0.5, 3.0, 24)[:, None])  # unequal row norms
     out = model(batch())
-    expected = sum(out.a[:, i] * torch.linalg.vector_norm(model.W_dec[:, i]) for i in range(24))
+    expected = sum(out.a[:, i] * torch.linalg.vector_norm(model.W_dec[i]) for i in range(24))
     torch.testing.assert_close(LOSS_TERMS["l1_decnorm"](out, OPTIONS), expected)
 
 
@@ -97,7 +97,7 @@ def test_unit_norm_decoder_is_kept_after_a_step():
     model.loss(model(batch()))["total"].backward()
     optimizer.step()
     model.normalize_weights()
-    torch.testing.assert_close(model.W_dec.norm(dim=0), torch.ones(24))
+    torch.testing.assert_close(model.W_dec.norm(dim=1), torch.ones(24))
 
 
 def test_gradient_clip_val_bounds_the_global_norm_of_each_step_s_gradient(tmp_path):
