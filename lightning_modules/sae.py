@@ -139,11 +139,6 @@ def rectangle(u: Tensor) -> Tensor:
     return ((u > -0.5) & (u < 0.5)).to(u.dtype)
 
 
-def batch_sum(grad: Tensor, like: Tensor) -> Tensor:
-    """A per-latent gradient summed over the batch dimensions, in the shape of ``like``."""
-    return grad.reshape(-1, grad.shape[-1]).sum(0).view_as(like)
-
-
 class JumpReLURectangle(torch.autograd.Function):
     """z * 1[z > theta]; d/dz = 1[z > theta], d/dtheta := -(theta / eps) K((z - theta) / eps), K the rectangle
     kernel (Rajamanoharan et al. 2024): an estimate of the expected loss's gradient in theta."""
@@ -158,7 +153,8 @@ class JumpReLURectangle(torch.autograd.Function):
     def backward(ctx, grad):
         z, theta = ctx.saved_tensors
         kernel = rectangle((z - theta) / ctx.bandwidth)
-        return grad * (z > theta).to(z.dtype), batch_sum(-grad * theta / ctx.bandwidth * kernel, theta), None
+        grad_theta = (-grad * theta / ctx.bandwidth * kernel).sum_to_size(theta.shape)  # summed over the batch
+        return grad * (z > theta).to(z.dtype), grad_theta, None
 
 
 class StepRectangle(torch.autograd.Function):
@@ -174,7 +170,7 @@ class StepRectangle(torch.autograd.Function):
     def backward(ctx, grad):
         z, theta = ctx.saved_tensors
         kernel = rectangle((z - theta) / ctx.bandwidth)
-        return torch.zeros_like(z), batch_sum(-grad / ctx.bandwidth * kernel, theta), None
+        return torch.zeros_like(z), (-grad / ctx.bandwidth * kernel).sum_to_size(theta.shape), None
 
 
 class JumpReLUSAE(SparseAutoencoder):
@@ -405,6 +401,9 @@ class GatedSAE(SparseAutoencoder):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.sparse_below:
+            raise ValueError("model.sparse_below is not available for the gated SAE: its gate_aux term decodes the "
+                             "dense relu(pi_gate); set model.sparse_below=0")
         self.r_mag = nn.Parameter(torch.zeros(self.hparams.hidden_dim))
         self.b_mag = nn.Parameter(torch.zeros(self.hparams.hidden_dim))
 
