@@ -46,6 +46,9 @@ def set_up_process(cfg: DictConfig) -> None:
         torch.set_num_threads(cfg.torch_threads)
     if cfg.reuse_freed_memory:
         reuse_freed_memory()
+    # TF32 (a 10-bit mantissa in CUDA's fp32 matmuls, Ampere and later); "ieee" keeps them fp32. CPU matmuls
+    # are unaffected either way
+    torch.backends.cuda.matmul.fp32_precision = "tf32" if cfg.tf32 else "ieee"
 
 
 def make_model(cfg: DictConfig):

@@ -12,12 +12,15 @@ SAELens, each comparison timed in interleaved rounds.
   floor on what Lightning adds to a batch (the bare loop gathers its batch too), and bare / (bare +
   empty) a bound on the speed vs bare that a step of this bare cost can reach. Both loops gather
   batches with index_select, which is timed against plain indexing as well.
-- lm: 512 -> 4096 latents, batch 4096, on Gaussian data: the ReLU SAE with decoder-norm-weighted L1 and
-  the TopK SAE (k 32), gradient clipping at 1.0, Lightning against the bare loop, against SAELens's
-  training step on the same SAE (its `training_forward_pass`, backward, clipping and Adam), and the
-  Lightning step's FLOP rate (the matmuls it really runs: step_flops) against this machine's fp32 matmul
-  rate on the step's shape, timed in the same interleaved rounds (the best round's). Every variant runs
-  with train.py's allocator setting (allocator.py).
+- lm: 512 -> 4096 latents, batch 4096, on Gaussian data: the ReLU SAE with decoder-norm-weighted L1 (its
+  encoder biases set for a code density of 2%, as after its sparsity warm-up) and the TopK SAE (k 32), both
+  with `sparse_below` 0.05 (their steps sparse), gradient clipping at 1.0: Lightning against the bare loop,
+  against the same Trainer with dense steps, against SAELens's training step on the same SAE and weights (its
+  `training_forward_pass`, backward, clipping and Adam), against one dense encoder matmul of the step's shape
+  (`vs_matmul_floor`: the step's one unavoidable product), and the step's FLOP rate (the matmuls it really
+  runs: step_flops) against this machine's fp32 matmul rate (the best round's). TopK also at 576 -> 9216
+  (SmolLM2's width at 16x) against SAELens and the floor. Every variant runs with train.py's allocator
+  setting (allocator.py).
 - allocator: the same bare loops in new processes, with train.py's allocator setting and with glibc's
   default, where each of the step's 64 MB tensors gets fresh pages from the kernel.
 
@@ -83,20 +86,36 @@ MNIST_MODELS = {  # as conf/model and conf/loss build them at their defaults
                                           k=8, unit_norm_decoder=True),
     "gated": lambda h: GatedSAE(784, h, sae_loss(gate_l1=2, gate_aux=1), unit_norm_decoder=True),
 }
+SPARSE_BELOW = 0.05  # the LM models step sparse while at most 5% of their code's entries are active
+LM_DENSITY = 0.02  # the ReLU SAE's code density: an LM SAE's after its sparsity warm-up (L0 ~ 1-2% of its latents)
 LM_MODELS = {
-    "sae l1_decnorm": lambda d, h: SparseAutoencoder(d, h, sae_loss(l1_decnorm=5.0), lr=5e-5),
-    "topk k32": lambda d, h: TopKSAE(d, h, sae_loss(auxk=1 / 32), k=32, lr=5e-5, unit_norm_decoder=True),
+    "sae l1_decnorm": lambda d, h: SparseAutoencoder(d, h, sae_loss(l1_decnorm=5.0), lr=5e-5,
+                                                     sparse_below=SPARSE_BELOW),
+    "topk k32": lambda d, h: TopKSAE(d, h, sae_loss(auxk=1 / 32), k=32, lr=5e-5, unit_norm_decoder=True,
+                                     sparse_below=SPARSE_BELOW),
 }
 
 
-def step_flops(name: str, batch: int, d: int, h: int, k: int = 32) -> int:
-    """The matmul FLOPs a training step really runs. The SAE: encoder and decoder forward, both weight
-    gradients and the decoder's input gradient (b_dec is folded into the encoder's bias, so the encoder
-    needs no input gradient). TopK: the encoder's forward and weight gradient; its decoder gathers k
-    columns per example, forward and both gradients."""
-    if name.startswith("topk"):
-        return 2 * 2 * batch * d * h + 3 * 2 * batch * k * d
-    return 5 * 2 * batch * d * h
+def lm_model(name: str, d: int, h: int, data) -> SparseAutoencoder:
+    """An LM model as it is after warm-up: the ReLU SAE's encoder biases set so that each latent fires on
+    LM_DENSITY of the examples."""
+    module = LM_MODELS[name](d, h)
+    if name.startswith("sae"):
+        x = data.splits["train"][0][:4096]
+        with torch.no_grad():
+            z = module.preactivation(x) - module.encoder.bias
+            module.encoder.bias.copy_(-z.kthvalue(round((1 - LM_DENSITY) * len(x)), dim=0).values)
+    return module
+
+
+def step_flops(batch: int, d: int, h: int, active: float | None = None) -> float:
+    """The matmul FLOPs a training step really runs. Dense: encoder and decoder forward, both weight gradients
+    and the decoder's input gradient (b_dec is folded into the encoder's bias, so the encoder needs no input
+    gradient). Sparse, ``active`` entries per example: the encoder's forward, and four products over the
+    active entries only (the encoder's weight gradient, the decode, its gradients to the code and the decoder)."""
+    if active is None:
+        return 5 * 2 * batch * d * h
+    return 2 * batch * d * h + 4 * 2 * batch * active * d
 
 
 def bare(module, data, steps: int, warmup: int, clip: float | None = None) -> float:
@@ -171,6 +190,12 @@ class EmptyStep(pl.LightningModule):
         return torch.optim.SGD([self.scalar], lr=0.0)
 
 
+def dense(module, data, steps: int, warmup: int, clip: float | None = None) -> float:
+    """train.py's Trainer with every step dense (``sparse_below`` 0)."""
+    module.sparse_below = 0.0
+    return lightning(module, data, steps, warmup, clip)
+
+
 def empty(module, data, steps: int, warmup: int, clip: float | None = None) -> float:
     """The same Trainer, without the callbacks that read a sparse code (EmptyStep has none)."""
     return lightning(EmptyStep(), data, steps, warmup, overrides=("~callbacks.unit_metrics",
@@ -189,6 +214,10 @@ def saelens(module, data, steps: int, warmup: int, clip: float | None = None) ->
         sae, coefficients = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=h, k=module.k)), {}
     else:
         sae, coefficients = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d, d_sae=h)), {"l1": 5.0}
+    with torch.no_grad():  # the same weights, so the same code density
+        for mine, theirs in ((module.encoder.weight.T, sae.W_enc), (module.encoder.bias, sae.b_enc),
+                             (module.decoder_rows(), sae.W_dec), (module.b_dec, sae.b_dec)):
+            theirs.copy_(mine)
     optimizer = torch.optim.Adam(sae.parameters(), lr=module.lr)
     x = data.splits["train"][0]
     for step in range(steps):
@@ -209,13 +238,13 @@ ALLOCATOR_CHILD = """
 import json, torch
 from allocator import reuse_freed_memory
 from analysis.stamp import write_json_result
-from benchmarks.speed import LM_MODELS, bare, lm_data
+from benchmarks.speed import LM_MODELS, bare, lm_data, lm_model
 if {reuse}:
     reuse_freed_memory()
 data, seconds = lm_data({d}, {batch}), {{}}
-for name, build in LM_MODELS.items():
+for name in LM_MODELS:
     torch.manual_seed(0)
-    seconds[name] = bare(build({d}, {h}), data, {steps}, {warmup}, clip=1.0) / ({steps} - {warmup})
+    seconds[name] = bare(lm_model(name, {d}, {h}, data), data, {steps}, {warmup}, clip=1.0) / ({steps} - {warmup})
 print(json.dumps(seconds))
 """
 
@@ -312,26 +341,41 @@ def main(rounds: int) -> tuple[dict, dict]:
 
     d, h, batch = 512, 4096, 4096
     lm = lm_data(d, batch)
-    print(f"\nlm: {d} -> {h}, batch {batch}, clip 1.0; s/step, speeds vs the bare loop and vs SAELens")
-    print(f"{'model':16s} {'bare s':>7s} {'Lightning s':>12s} {'SAELens s':>10s} {'vs bare':>8s} "
-          f"{'vs SAELens':>11s} {'GEMM %':>7s}")
+    print(f"\nlm: {d} -> {h}, batch {batch}, clip 1.0, ReLU SAE at code density {LM_DENSITY}; s/step, speeds vs "
+          f"the bare loop, SAELens, the same Trainer with dense steps, one dense encoder matmul")
+    print(f"{'model':16s} {'bare s':>7s} {'Lightning s':>12s} {'dense s':>8s} {'SAELens s':>10s} {'vs bare':>8s} "
+          f"{'vs SAELens':>11s} {'vs dense':>9s} {'vs matmul':>10s} {'GEMM %':>7s}")
     peaks = []
-    for name, build in LM_MODELS.items():
-        times = interleaved({"bare": bare, "lightning": lightning, "saelens": saelens, "matmul": matmul},
-                            lambda b=build: b(d, h), lm, 6, 2, rounds, clip=1.0)
+    for name in LM_MODELS:
+        times = interleaved({"bare": bare, "lightning": lightning, "dense": dense, "saelens": saelens,
+                             "matmul": matmul}, lambda n=name: lm_model(n, d, h, lm), lm, 6, 2, rounds, clip=1.0)
         seconds[f"lm_{name}"] = times
         peaks.append(2 * batch * d * h / min(times["matmul"]))  # the best rate any round saw
-        gemm = step_flops(name, batch, d, h) / min(times["lightning"]) / max(peaks)
+        active = 32 if name.startswith("topk") else LM_DENSITY * h
+        gemm = step_flops(batch, d, h, active) / min(times["lightning"]) / max(peaks)
         key = name.split()[0]
-        results[f"lm_{key}_vs_bare"] = round(speed_ratio(times, "lightning", "bare"), 3)
-        results[f"lm_{key}_vs_saelens"] = round(speed_ratio(times, "lightning", "saelens"), 3)
+        for reference in ("bare", "saelens", "dense"):
+            results[f"lm_{key}_vs_{reference}"] = round(speed_ratio(times, "lightning", reference), 3)
+        results[f"lm_{key}_vs_matmul_floor"] = round(speed_ratio(times, "lightning", "matmul"), 3)
         results[f"lm_{key}_gemm_fraction"] = round(gemm, 3)
-        print(f"{name:16s} {min(times['bare']):7.3f} {min(times['lightning']):12.3f} {min(times['saelens']):10.3f} "
-              f"{results[f'lm_{key}_vs_bare']:7.2f}x {results[f'lm_{key}_vs_saelens']:10.2f}x {100 * gemm:6.1f}%")
+        print(f"{name:16s} {min(times['bare']):7.3f} {min(times['lightning']):12.3f} {min(times['dense']):8.3f} "
+              f"{min(times['saelens']):10.3f} " + " ".join(
+                  f"{results[f'lm_{key}_vs_{reference}']:{width}.2f}x" for reference, width in
+                  (("bare", 7), ("saelens", 10), ("dense", 8), ("matmul_floor", 9))) + f" {100 * gemm:6.1f}%")
     results["lm_vs_bare"] = min(results["lm_sae_vs_bare"], results["lm_topk_vs_bare"])
     results["lm_vs_saelens"] = min(results["lm_sae_vs_saelens"], results["lm_topk_vs_saelens"])
-    results["lm_gemm_fraction"] = results["lm_sae_gemm_fraction"]
     print(f"fp32 matmul peak, [{batch}, {d}] @ [{d}, {h}] alone, best round: {max(peaks) / 1e9:.0f} GFLOP/s")
+
+    wide_d, wide_h = 576, 9216  # SmolLM2's width at 16x
+    wide = lm_data(wide_d, batch)
+    times = interleaved({"lightning": lightning, "saelens": saelens, "matmul": matmul},
+                        lambda: lm_model("topk k32", wide_d, wide_h, wide), wide, 6, 2, rounds, clip=1.0)
+    seconds["lm_topk k32 576x9216"] = times
+    results["lm_topk_9216_vs_saelens"] = round(speed_ratio(times, "lightning", "saelens"), 3)
+    results["lm_topk_9216_vs_matmul_floor"] = round(speed_ratio(times, "lightning", "matmul"), 3)
+    print(f"topk k32 at {wide_d} -> {wide_h}: Lightning {min(times['lightning']):.3f} s, SAELens "
+          f"{min(times['saelens']):.3f} s, one encoder matmul {min(times['matmul']):.3f} s: "
+          f"{results['lm_topk_9216_vs_saelens']:.2f}x SAELens, {results['lm_topk_9216_vs_matmul_floor']:.2f} of the floor")
 
     print(f"\nallocator: the bare loop at {d} -> {h} in new processes, train.py's reuse_freed_memory (allocator.py) "
           f"against glibc's default; s/step")

@@ -129,7 +129,8 @@ class SparseDecode(torch.autograd.Function):
     def forward(ctx, values, rows, code: SparseCode):
         ctx.save_for_backward(values, rows)
         ctx.code = code
-        return code.matrix(values) @ rows
+        with torch.autocast(rows.device.type, enabled=False):  # torch's CSR products have no bfloat16 kernels
+            return code.matrix(values) @ rows
 
     @staticmethod
     def backward(ctx, grad):
@@ -144,7 +145,7 @@ class SparseDecode(torch.autograd.Function):
 def sparse_decode(code: SparseCode, rows: Tensor) -> Tensor:
     """sum over each row's entries of value * rows[latent]: [batch x input], differentiable in the values and
     in ``rows``."""
-    return SparseDecode.apply(code.values, rows, code)
+    return SparseDecode.apply(code.values.to(rows.dtype), rows, code)  # bfloat16 values under autocast
 
 
 def top_k(z: Tensor, k: int, members: int = 8) -> tuple[Tensor, Tensor]:

@@ -22,3 +22,19 @@ def test_every_model_trains_in_bf16_mixed_close_to_float32(tmp_path):
         assert abs(b["fvu"] - a["fvu"]) <= RELATIVE * abs(a["fvu"]), (model, a["fvu"], b["fvu"])
         assert abs(b["val/total"] - a["val/total"]) <= RELATIVE * abs(a["val/total"]), model
         assert abs(b["l0"] - a["l0"]) <= max(0.2, RELATIVE * a["l0"]), (model, a["l0"], b["l0"])
+
+
+def test_sparse_steps_train_through_train_py_as_the_dense_ones_in_both_precisions(tmp_path):
+    """``model.sparse_below=1`` makes every training step sparse (tests/test_sparse.py holds one step to the
+    dense one in float64); through train.py, float32 runs end where the dense ones do, bf16-mixed close."""
+    run_cli("train.py", "-m", "model=sae,topk", "model.sparse_below=0,1", "+trainer.precision=32-true,bf16-mixed",
+            *QUICK, "trainer.max_epochs=2", "logger=none", "callbacks.final_evaluation.probe=false",
+            f"hydra.sweep.dir={tmp_path}")
+    runs = sorted((path for path in tmp_path.iterdir() if path.name.isdigit()), key=lambda path: int(path.name))
+    assert len(runs) == 8
+    for model, group in (("sae", runs[:4]), ("topk", runs[4:])):  # sparse_below 0, 0, 1, 1 x precision 32, bf16
+        dense32, dense16, sparse32, sparse16 = (read_metrics(run) for run in group)
+        assert all(m["status"] == "finished" and math.isfinite(m["fvu"]) for m in (dense16, sparse16)), model
+        assert abs(sparse32["fvu"] - dense32["fvu"]) <= 1e-4 * dense32["fvu"], (model, sparse32["fvu"], dense32["fvu"])
+        assert abs(sparse32["l0"] - dense32["l0"]) <= 1e-3 * max(1.0, dense32["l0"]), model
+        assert abs(sparse16["fvu"] - sparse32["fvu"]) <= RELATIVE * sparse32["fvu"], (model, sparse16["fvu"])

@@ -1,8 +1,11 @@
 """Experiment presets compose through Hydra and build the models they describe."""
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+
+import job
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -15,3 +18,14 @@ def test_reasoning_features_preset_builds_the_paper_sized_sae():
     model = instantiate(cfg.model, loss=instantiate(cfg.loss))
     assert sum(p.numel() for p in model.parameters()) == 2 * 4096 * 65536 + 65536 + 4096
     assert (model.sparsity_warmup, model.lr_decay) == (0.05, 0.2)
+
+
+def test_the_lm_experiments_switch_tf32_on_and_the_others_leave_it_off():
+    for experiment, tf32 in (("lm_sae", "tf32"), ("reasoning_features_small", "tf32"), ("lm_family", "tf32"),
+                             ("ablation", "ieee")):
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            cfg = compose("train", overrides=[f"experiment={experiment}"])
+        job.set_up_process(cfg)
+        assert torch.backends.cuda.matmul.fp32_precision == tf32, experiment
+    assert cfg.model.get("sparse_below", 0) == 0  # the ablation's encoder has no decoder to step sparse
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
