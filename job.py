@@ -4,6 +4,7 @@ trainer, what a failure becomes, and the run's last lines."""
 import itertools
 import logging
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -168,7 +169,10 @@ def finish(trainer: pl.Trainer, callbacks: dict[str, pl.Callback], run_dir: Path
     stopwatch, values = callbacks.get("stopwatch"), {}
     if stopwatch is not None and "train_end" in stopwatch.marks:
         values["time"] = stopwatch.shares(job_start, fit_end, time.time(), first_job)
+    # the process's high-water mark: in a sweep that runs its jobs in one process, the largest job's so far
+    values["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)  # Linux: KiB
     metrics = callbacks["metrics_file"].write(trainer, "finished", **values) if "metrics_file" in callbacks else {}
     if "time" in values:
         log.info("time %s: %s", duration(values["time"]["total"]), share_line(values["time"]))
+    log.info("peak memory %.2f GiB resident", values["peak_rss_gb"])
     return metrics

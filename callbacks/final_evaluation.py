@@ -9,9 +9,11 @@ from torch import Tensor
 
 from callbacks.metrics_file import report
 from callbacks.read_out import ReadOut
-from evaluation.linear_fits import affine_fvu, fvu, implicit_decoder_fits, probe_accuracy
+from evaluation.linear_fits import (SPARSE_DENSITY, affine_decoder, affine_fvu, fvu, implicit_decoder_fits,
+                                   probe_accuracy, project)
 
 log = logging.getLogger(__name__)
+CHUNK_ELEMENTS = 2**26  # codes encoded at a time: 256 MB in float32, however wide the model
 
 
 class FinalEvaluation(ReadOut):
@@ -41,31 +43,65 @@ class FinalEvaluation(ReadOut):
             x_train, y_train = x_train[keep], y_train[keep]
         x_train, x_test = x_train.to(pl_module.device), x_test.to(pl_module.device)
         y_train, y_test = y_train.to(pl_module.device), y_test.to(pl_module.device)
-        a_train, a_test = pl_module.codes(x_train, self.chunk_size), pl_module.codes(x_test, self.chunk_size)
-        if a_train.shape[1] >= len(a_train):
+        latents = pl_module.feature_directions().shape[0]
+        rows = max(1, min(self.chunk_size, CHUNK_ELEMENTS // latents))  # a chunk's codes stay near 256 MB
+        if latents >= len(x_train):
             log.warning("fvu_affine: %d train examples for %d latents, so the affine read-out interpolates train "
                         "and its test FVU says little; raise callbacks.final_evaluation.max_examples above the "
-                        "latents", len(a_train), a_train.shape[1])
-
-        values = {"l0_test": float((a_test > 0).sum(1).double().mean())}
-        if hasattr(pl_module, "decode"):
-            x_hat = torch.cat([pl_module.decode(chunk) for chunk in a_test.split(self.chunk_size)])
-            train_mean = getattr(trainer.datamodule, "train_mean", None)  # the whole split's, where known
-            unexplained = fvu(x_test, x_hat, x_train.mean(0) if train_mean is None else train_mean.to(x_hat))
-            values.update(mse=float((x_test - x_hat).double().square().mean()), fvu=unexplained,
-                          explained_variance=1 - unexplained, fvu_affine=affine_fvu(a_train, x_train, a_test, x_test))
+                        "latents", len(x_train), latents)
+        if hasattr(pl_module, "decode") and not self.probe:
+            values = streamed_reconstruction(pl_module, x_train, x_test, rows, trainer.datamodule)
         else:
-            values.update(implicit_decoder_fits(a_train, x_train, a_test, x_test, pl_module.feature_directions()))
+            a_train, a_test = pl_module.codes(x_train, rows), pl_module.codes(x_test, rows)
+            values = {"l0_test": float((a_test > 0).sum(1).double().mean())}
+            if hasattr(pl_module, "decode"):
+                x_hat = torch.cat([pl_module.decode(chunk) for chunk in a_test.split(rows)])
+                train_mean = getattr(trainer.datamodule, "train_mean", None)  # the whole split's, where known
+                unexplained = fvu(x_test, x_hat, x_train.mean(0) if train_mean is None else train_mean.to(x_hat))
+                values.update(mse=float((x_test - x_hat).double().square().mean()), fvu=unexplained,
+                              explained_variance=1 - unexplained,
+                              fvu_affine=affine_fvu(a_train, x_train, a_test, x_test))
+            else:
+                values.update(implicit_decoder_fits(a_train, x_train, a_test, x_test, pl_module.feature_directions()))
         if self.probe:
             values["probe_acc"] = probe_accuracy(a_train, y_train, a_test, y_test)
             trained = copy.deepcopy(pl_module.state_dict())
             pl_module.load_state_dict(self.initial_state)
             try:
-                init_train = pl_module.codes(x_train, self.chunk_size)
-                init_test = pl_module.codes(x_test, self.chunk_size)
+                init_train = pl_module.codes(x_train, rows)
+                init_test = pl_module.codes(x_test, rows)
             finally:  # the trained weights go back even if encoding fails
                 pl_module.load_state_dict(trained)
             values["probe_acc_init"] = probe_accuracy(init_train, y_train, init_test, y_test)
         pl_module.train(was_training)
 
         report(trainer, values)
+
+
+def streamed_reconstruction(pl_module, x_train: Tensor, x_test: Tensor, rows: int, datamodule) -> dict[str, float]:
+    """The reconstruction metrics of the unstreamed path, from sums over chunks of test: no test code is held
+    whole (at 65,536 latents a 200,000-token split's would be 52 GB). The train codes the affine read-out is
+    fitted on are held as their nonzeros where they are sparse and the latents outnumber the rows (its dual fit
+    then reads only those)."""
+    a_train, sparse = [], None
+    for x in x_train.split(rows):
+        a = pl_module.codes(x, rows)
+        if sparse is None:  # as the first chunk is
+            sparse = a.shape[1] > len(x_train) and torch.count_nonzero(a) <= SPARSE_DENSITY * a.numel()
+        a_train.append(a.to_sparse() if sparse else a)
+    a_train = torch.cat(a_train)
+    decoder, offset = affine_decoder(a_train, x_train)
+    del a_train
+    train_mean = getattr(datamodule, "train_mean", None)  # the whole split's, where known
+    x_mean = (x_train.mean(0) if train_mean is None else train_mean).double().to(x_test.device)
+    sums = dict.fromkeys(("active", "error", "affine_error", "variance"), 0.0)
+    for x in x_test.split(rows):
+        a = pl_module.codes(x, rows)
+        x = x.double()
+        sums["active"] += float((a > 0).sum())
+        sums["error"] += float((x - pl_module.decode(a).double()).square().sum())
+        sums["affine_error"] += float((x - project(a, decoder) - offset).square().sum())
+        sums["variance"] += float((x - x_mean).square().sum())
+    unexplained = sums["error"] / sums["variance"]
+    return {"l0_test": sums["active"] / len(x_test), "mse": sums["error"] / x_test.numel(), "fvu": unexplained,
+            "explained_variance": 1 - unexplained, "fvu_affine": sums["affine_error"] / sums["variance"]}

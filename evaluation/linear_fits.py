@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 TINY = torch.finfo(torch.float64).tiny
+SPARSE_DENSITY = 0.1  # codes with at most this fraction of entries set are multiplied as their nonzeros
 
 
 def fvu(x: Tensor, x_hat: Tensor, x_mean: Tensor) -> float:
@@ -19,18 +20,28 @@ def fvu(x: Tensor, x_hat: Tensor, x_mean: Tensor) -> float:
 
 
 def affine_fvu(a_train: Tensor, x_train: Tensor, a_test: Tensor, x_test: Tensor, ridge: float = 1e-8) -> float:
-    """Test FVU of the least-squares affine decoder [a, 1] -> x fitted on train: centring fits the intercept,
-    unpenalised, and the decoder is the ridge solution (A^T A + lam I)^-1 A^T X = A^T (A A^T + lam I)^-1 X,
-    solved through whichever Gram matrix is smaller (k x k for k latents, n x n for n train rows), so that
-    65,536 latents never form a k x k matrix. Dead or constant units are zero columns after centring, which
-    makes the Gram matrix singular: a tiny ridge, relative to its mean diagonal so that it ignores the codes'
-    scale, keeps it solvable and bounds its conditioning. Codes widen to float64 a chunk of rows at a time
-    (k <= n) or as their nonzeros only (k > n), never whole."""
+    """Test FVU of the least-squares affine decoder [a, 1] -> x fitted on train (``affine_decoder``)."""
+    decoder, offset = affine_decoder(a_train, x_train, ridge)
+    return fvu(x_test, project(a_test, decoder) + offset, x_train.double().mean(0))
+
+
+def affine_decoder(a_train: Tensor, x_train: Tensor, ridge: float = 1e-8) -> tuple[Tensor, Tensor]:
+    """The least-squares affine decoder [a, 1] -> x on train, as (decoder [k, d], offset [d]), float64:
+    centring fits the intercept, unpenalised, and the decoder is the ridge solution
+    (A^T A + lam I)^-1 A^T X = A^T (A A^T + lam I)^-1 X, solved through whichever Gram matrix is smaller
+    (k x k for k latents, n x n for n train rows), so that 65,536 latents never form a k x k matrix. Dead or
+    constant units are zero columns after centring, which makes the Gram matrix singular: a tiny ridge,
+    relative to its mean diagonal so that it ignores the codes' scale, keeps it solvable and bounds its
+    conditioning. Codes widen to float64 a chunk of rows at a time (k <= n) or as their nonzeros only
+    (k > n, where ``a_train`` may come sparse already), never whole."""
     x_mean = x_train.double().mean(0)
-    a_mean = sum(rows.sum(0, dtype=torch.float64) for rows in row_chunks(a_train)) / len(a_train)
+    if a_train.is_sparse:
+        a_mean = torch.sparse.sum(a_train.double(), dim=0).to_dense() / len(a_train)
+    else:
+        a_mean = sum(rows.sum(0, dtype=torch.float64) for rows in row_chunks(a_train)) / len(a_train)
     fit = primal_decoder if a_train.shape[1] <= len(a_train) else dual_decoder
     decoder = fit(a_train, x_train.double() - x_mean, a_mean, ridge)
-    return fvu(x_test, project(a_test, decoder) + (x_mean - a_mean @ decoder), x_mean)
+    return decoder, x_mean - a_mean @ decoder
 
 
 def primal_decoder(a: Tensor, x: Tensor, a_mean: Tensor, ridge: float) -> Tensor:
@@ -46,16 +57,24 @@ def primal_decoder(a: Tensor, x: Tensor, a_mean: Tensor, ridge: float) -> Tensor
 
 
 def dual_decoder(a: Tensor, x: Tensor, a_mean: Tensor, ridge: float) -> Tensor:
-    """[k, d] from the n x n Gram matrix of the sparse codes, centred by rank-one corrections:
-    (A - 1 mu^T)(A - 1 mu^T)^T = A A^T - u 1^T - 1 u^T + mu^T mu, with u = A mu."""
-    sparse = torch.cat([rows.to_sparse().double() for rows in row_chunks(a)])
-    u = sparse @ a_mean
-    with warnings.catch_warnings():  # sparse x sparse goes through CSR, which torch calls beta
-        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
-        product = torch.sparse.mm(sparse, sparse.t()).to_dense()
+    """[k, d] from the n x n Gram matrix of the codes, centred by rank-one corrections:
+    (A - 1 mu^T)(A - 1 mu^T)^T = A A^T - u 1^T - 1 u^T + mu^T mu, with u = A mu. Codes at most SPARSE_DENSITY
+    set (a trained SAE's) multiply as their nonzeros; denser ones (an untrained one's) a block of latents at a
+    time, in float64."""
+    if a.is_sparse or torch.count_nonzero(a) <= SPARSE_DENSITY * a.numel():
+        sparse = a.double() if a.is_sparse else torch.cat([rows.to_sparse().double() for rows in row_chunks(a)])
+        with warnings.catch_warnings():  # sparse x sparse goes through CSR, which torch calls beta
+            warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+            product = torch.sparse.mm(sparse, sparse.t()).to_dense()
+        u, transpose_times = sparse @ a_mean, lambda rhs: sparse.t() @ rhs
+    else:
+        blocks = list(zip(a.split(row_chunk_size(len(a)), dim=1), a_mean.split(row_chunk_size(len(a)))))
+        product = sum(block.double() @ block.double().T for block, _ in blocks)
+        u = sum(block.double() @ mean for block, mean in blocks)
+        transpose_times = lambda rhs: torch.cat([block.double().T @ rhs for block, _ in blocks])  # noqa: E731
     gram = product - u[:, None] - u[None, :] + a_mean @ a_mean
     coefficients = ridge_solve(gram, x, gram.trace() / a.shape[1], ridge)
-    return sparse.t() @ coefficients - a_mean[:, None] * coefficients.sum(0)
+    return transpose_times(coefficients) - a_mean[:, None] * coefficients.sum(0)
 
 
 def ridge_solve(gram: Tensor, rhs: Tensor, mean_diagonal: Tensor, ridge: float) -> Tensor:

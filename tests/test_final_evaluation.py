@@ -14,6 +14,7 @@ from callbacks.metrics_file import MetricsFile
 from datamodules.gaussian_mixture import GaussianMixtureDataModule
 from lightning_modules.encoder import DecoderFreeEncoder
 from lightning_modules.losses import CompositeLoss
+from lightning_modules.sae import SparseAutoencoder
 
 KEYS = {"mse_raw", "mse", "fvu", "explained_variance", "fvu_affine", "alpha", "l0_test", "probe_acc", "probe_acc_init"}
 
@@ -68,3 +69,24 @@ def test_without_the_probe_no_copy_of_the_initial_weights_is_kept_or_checkpointe
     saved = torch.load(tmp_path / "last.ckpt", weights_only=False)["callbacks"]
     assert evaluation.initial_state is None and [state["initial_state"] for state in saved.values()] == [None]
     assert "probe_acc" not in trainer.callback_metrics and "fvu" in trainer.callback_metrics
+
+
+@pytest.mark.parametrize("latents", [16, 600])  # fewer latents than train rows (512), then more
+def test_the_streamed_evaluation_of_an_sae_equals_the_whole_split_one(latents):
+    """Without the probe, an SAE's test metrics are sums over chunks of test (callbacks/final_evaluation.py):
+    the same values as with the codes held whole."""
+    pl.seed_everything(0, verbose=False)
+    data = GaussianMixtureDataModule(input_dim=8, n_train=512, n_val=64, n_test=300, batch_size=64)
+    model = SparseAutoencoder(8, latents, CompositeLoss({"mse": 1, "l1": 0.1}), lr=1e-2)
+    trainer = pl.Trainer(max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(model, datamodule=data)
+    measured = {}
+    for probe in (True, False):
+        evaluation = FinalEvaluation(probe=probe, chunk_size=64)
+        evaluation.initial_state = copy.deepcopy(model.state_dict())
+        evaluation.read_out(trainer, model)
+        measured[probe] = {name: float(trainer.callback_metrics[name])
+                           for name in ("l0_test", "mse", "fvu", "explained_variance", "fvu_affine")}
+    assert 0 < measured[False]["fvu"] < 1 and measured[False]["l0_test"] > 0
+    assert measured[False] == pytest.approx(measured[True], rel=1e-5)  # float32 codes, float64 sums

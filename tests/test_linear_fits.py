@@ -64,16 +64,20 @@ def ridge_reference(a_train, x_train, a_test, x_test, ridge=1e-8):
     return float(fvu(x_test, x_mean + (a_test - a_mean) @ decoder, x_mean))
 
 
-@pytest.mark.parametrize("n_train, latents", [(300, 40), (40, 300)])  # the k x k form, then the n x n one
-def test_affine_fvu_is_the_ridge_solution_through_either_gram_matrix(n_train, latents):
+# the k x k form; the n x n one on codes 16% set (multiplied densely), then 2% set (as their nonzeros)
+@pytest.mark.parametrize("n_train, latents, shift", [(300, 40, 1), (40, 300, 1), (40, 300, 2)])
+def test_affine_fvu_is_the_ridge_solution_through_either_gram_matrix(n_train, latents, shift):
     generator = torch.Generator().manual_seed(0)
-    a = torch.relu(torch.randn(n_train + 100, latents, generator=generator, dtype=torch.float64) - 1)
+    a = torch.relu(torch.randn(n_train + 100, latents, generator=generator, dtype=torch.float64) - shift)
     a[:, 0], a[:, 1] = 0, 2.0  # a dead unit and a constant one: singular without the ridge
     x = 3 + a @ torch.randn(latents, 6, generator=generator, dtype=torch.float64) \
         + torch.randn(len(a), 6, generator=generator, dtype=torch.float64)
     expected = ridge_reference(a[:n_train], x[:n_train], a[n_train:], x[n_train:])
     assert 0.01 < expected < 2
     assert affine_fvu(a[:n_train], x[:n_train], a[n_train:], x[n_train:]) == pytest.approx(expected, rel=1e-6)
+    if latents > n_train:  # train codes handed over as their nonzeros (the streamed final evaluation's)
+        fitted = affine_fvu(a[:n_train].to_sparse(), x[:n_train], a[n_train:], x[n_train:])
+        assert fitted == pytest.approx(expected, rel=1e-6)
 
 
 def test_read_outs_at_65536_latents_stay_within_3_gb():
