@@ -17,12 +17,23 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 H100_SXM_TFLOPS = {"FP32": 67, "TF32": 495, "BF16": 989}  # NVIDIA's H100 datasheet, dense
 GPU_MEMORY_GB = 80
 LLAMA_8B_PARAMETERS, LLAMA_8B_LAYERS = 8.0e9, 32
-MATMULS_PER_STEP = 5  # encoder and decoder forward; decoder weight and input gradients; encoder weight gradient
+PAPER_L0 = 86  # the reasoning-features SAE's active latents per token
+
+
+def step_flops(batch: int, d: int, h: int, active: float | None = None) -> float:
+    """The matmul FLOPs of a training step. Dense: five B·d·h products (encoder and decoder forward, both
+    weight gradients, the decoder's input gradient; b_dec is folded into the encoder's bias, so the encoder
+    needs no input gradient). Sparse (``model.sparse_below``), ``active`` latents per example: the encoder's
+    forward, and four products over the active entries only (the encoder's weight gradient, the decode, its
+    gradients to the code and to the decoder)."""
+    if active is None:
+        return 5 * 2 * batch * d * h
+    return 2 * batch * d * h + 4 * 2 * batch * active * d
 
 
 def arithmetic(d: int, h: int, batch: int, layer: int, tokens: float, efficiency: float) -> str:
     matmul = 2 * batch * d * h
-    step = MATMULS_PER_STEP * matmul
+    step, sparse_step = step_flops(batch, d, h), step_flops(batch, d, h, PAPER_L0)
     steps = tokens / batch
     parameters = 2 * d * h + h + d
     weights_gb = 4 * parameters / 1e9
@@ -35,14 +46,18 @@ def arithmetic(d: int, h: int, batch: int, layer: int, tokens: float, efficiency
         f"({', '.join(f'{name} {tflops} TFLOP/s' for name, tflops in H100_SXM_TFLOPS.items())}), "
         f"at {efficiency:.0%} of peak.",
         "",
-        f"- FLOPs a step: {MATMULS_PER_STEP} matmuls of B·d·h (the bias b_dec is folded into the encoder's, so its "
+        f"- FLOPs a dense step: 5 matmuls of B·d·h (the bias b_dec is folded into the encoder's, so its "
         f"gradient is a matrix-vector product), 2·{batch}·{d}·{h} = {matmul / 1e12:.2f} TFLOP each: "
         f"**{step / 1e12:.1f} TFLOP a step**; {steps:,.0f} steps.",
+        f"- FLOPs a sparse step (`model.sparse_below`, once the code is at most 5% active, at the paper's L0 of "
+        f"{PAPER_L0}): the encoder's forward and four products over the active entries, "
+        f"**{sparse_step / 1e12:.2f} TFLOP a step**, {step / sparse_step:.1f}x fewer; its sparse products run "
+        f"nearer memory speed than matmul peak, so the times below bound it from below.",
     ]
     for name in ("FP32", "TF32", "BF16"):
-        seconds = step / (H100_SXM_TFLOPS[name] * 1e12 * efficiency)
-        lines.append(f"- {name}: {seconds:.3f} s a step ({1 / seconds:.1f} steps/s), **{seconds * steps / 3600:.1f} h** "
-                     f"for the run.")
+        seconds, sparse = (flops / (H100_SXM_TFLOPS[name] * 1e12 * efficiency) for flops in (step, sparse_step))
+        lines.append(f"- {name}: {seconds:.3f} s a dense step ({1 / seconds:.1f} steps/s), **{seconds * steps / 3600:.1f} h** "
+                     f"for the run; sparse {sparse:.3f} s, {sparse * steps / 3600:.1f} h.")
     lines += [
         f"- Parameters: {parameters / 1e6:,.0f}M, {weights_gb:.1f} GB in FP32; with gradients and Adam's two moments "
         f"**{4 * weights_gb:.1f} GB**.",

@@ -48,6 +48,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from allocator import reuse_freed_memory
+from analysis.paper_scale import step_flops
 from analysis.stamp import write_json_result
 from datamodules.gaussian_mixture import GaussianMixtureDataModule
 from datamodules.mnist import MNISTDataModule
@@ -106,16 +107,6 @@ def lm_model(name: str, d: int, h: int, data) -> SparseAutoencoder:
             z = module.preactivation(x) - module.encoder.bias
             module.encoder.bias.copy_(-z.kthvalue(round((1 - LM_DENSITY) * len(x)), dim=0).values)
     return module
-
-
-def step_flops(batch: int, d: int, h: int, active: float | None = None) -> float:
-    """The matmul FLOPs a training step really runs. Dense: encoder and decoder forward, both weight gradients
-    and the decoder's input gradient (b_dec is folded into the encoder's bias, so the encoder needs no input
-    gradient). Sparse, ``active`` entries per example: the encoder's forward, and four products over the
-    active entries only (the encoder's weight gradient, the decode, its gradients to the code and the decoder)."""
-    if active is None:
-        return 5 * 2 * batch * d * h
-    return 2 * batch * d * h + 4 * 2 * batch * active * d
 
 
 def bare(module, data, steps: int, warmup: int, clip: float | None = None) -> float:
