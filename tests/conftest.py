@@ -34,7 +34,7 @@ def read_metrics(run_dir: Path) -> dict:
 
 def measured(run_dir: Path) -> dict:
     """What a run measured: metrics.json without its wall-clock ``time``, which no two runs share."""
-    return {name: value for name, value in read_metrics(run_dir).items() if name != "time"}
+    return {name: value for name, value in read_metrics(run_dir).items() if name not in ("time", "peak_rss_gb")}
 
 
 def wandb_run(run_dir: Path) -> tuple[object, dict, dict]:

@@ -16,7 +16,7 @@ TESTS_ON_PATH = {"PYTHONPATH": str(ROOT / "tests")}  # kill_at.py
 
 
 def measured(run_dir):
-    return {name: value for name, value in read_metrics(run_dir).items() if name != "time"}
+    return {name: value for name, value in read_metrics(run_dir).items() if name not in ("time", "peak_rss_gb")}
 
 
 def files_of(folder):
