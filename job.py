@@ -173,6 +173,6 @@ def finish(trainer: pl.Trainer, callbacks: dict[str, pl.Callback], run_dir: Path
     values["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)  # Linux: KiB
     metrics = callbacks["metrics_file"].write(trainer, "finished", **values) if "metrics_file" in callbacks else {}
     if "time" in values:
-        log.info("time %s: %s", duration(values["time"]["total"]), share_line(values["time"]))
-    log.info("peak memory %.2f GiB resident", values["peak_rss_gb"])
+        log.info("time %s: %s; peak memory %.2f GiB resident", duration(values["time"]["total"]),
+                 share_line(values["time"]), values["peak_rss_gb"])
     return metrics
