@@ -17,6 +17,7 @@ import time
 import torch
 
 from analysis.paper_scale import H100_SXM_TFLOPS, PAPER_L0, step_flops
+from benchmarks.speed import at_density
 from lightning_modules.losses import CompositeLoss
 from lightning_modules.sae import SparseAutoencoder
 
@@ -45,13 +46,6 @@ def step_seconds(model: SparseAutoencoder, x: torch.Tensor, steps: int, autocast
         if step:
             best = min(best, time.perf_counter() - started)
     return best
-
-
-def at_l0(model: SparseAutoencoder, x: torch.Tensor, l0: int) -> None:
-    """Encoder biases that leave each latent active on l0 / latents of the batch."""
-    with torch.no_grad():
-        z = model.preactivation(x) - model.encoder.bias
-        model.encoder.bias.copy_(-z.kthvalue(max(1, round((1 - l0 / z.shape[1]) * len(x))), dim=0).values)
 
 
 def harvest_tokens_per_second(device: torch.device, batch: int = 32, context: int = 128) -> float:
@@ -86,10 +80,10 @@ def main(d: int, h: int, batch: int, steps: int, harvest: bool) -> dict:
             model = SparseAutoencoder(d, h, CompositeLoss({"mse": 1.0, "l1_decnorm": 5.0}, reduction="mean"),
                                       lr=5e-5, sparse_below=0.05 if kind == "sparse" else 0.0).to(device)
             if kind == "sparse":
-                at_l0(model, x, PAPER_L0)
+                at_density(model, x, PAPER_L0 / h)
             seconds = step_seconds(model, x, steps, autocast_dtype)
             flops = step_flops(batch, d, h, PAPER_L0 if kind == "sparse" else None)
-            peak = H100_SXM_TFLOPS["FP32" if precision == "fp32" else precision.upper()] * 1e12
+            peak = H100_SXM_TFLOPS[precision.upper()] * 1e12
             results[f"{precision}_{kind}_s"] = round(seconds, 4)
             results[f"{precision}_{kind}_tflops"] = round(flops / seconds / 1e12, 2)
             print(f"{precision:10s} {kind:7s} {seconds:11.4f} {flops / seconds / 1e12:8.2f} {flops / (0.5 * peak):18.4f}")

@@ -102,11 +102,15 @@ def lm_model(name: str, d: int, h: int, data) -> SparseAutoencoder:
     LM_DENSITY of the examples."""
     module = LM_MODELS[name](d, h)
     if name.startswith("sae"):
-        x = data.splits["train"][0][:4096]
-        with torch.no_grad():
-            z = module.preactivation(x) - module.encoder.bias
-            module.encoder.bias.copy_(-z.kthvalue(round((1 - LM_DENSITY) * len(x)), dim=0).values)
+        at_density(module, data.splits["train"][0][:4096], LM_DENSITY)
     return module
+
+
+def at_density(module: SparseAutoencoder, x: torch.Tensor, density: float) -> None:
+    """Encoder biases that leave each latent active on ``density`` of the rows of x."""
+    with torch.no_grad():
+        z = module.preactivation(x) - module.encoder.bias
+        module.encoder.bias.copy_(-z.kthvalue(max(1, round((1 - density) * len(x))), dim=0).values)
 
 
 def bare(module, data, steps: int, warmup: int, clip: float | None = None) -> float:
