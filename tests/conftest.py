@@ -33,7 +33,8 @@ def read_metrics(run_dir: Path) -> dict:
 
 
 def measured(run_dir: Path) -> dict:
-    """What a run measured: metrics.json without its wall-clock ``time``, which no two runs share."""
+    """What a run measured: metrics.json without how it ran (its wall-clock ``time`` and ``peak_rss_gb``), which
+    no two runs share."""
     return {name: value for name, value in read_metrics(run_dir).items() if name not in ("time", "peak_rss_gb")}
 
 

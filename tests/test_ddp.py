@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import read_metrics, run_cli
+from conftest import measured, run_cli
 
 DOUBLED_BATCH = ["data.batch_size=128", "data.eval_batch_size=1024"]  # one process
 HALF_BATCH = ["data.batch_size=64", "data.eval_batch_size=512"]  # each of 2 ranks
@@ -24,7 +24,7 @@ def test_two_ranks_train_as_one_process_with_the_doubled_batch(tmp_path, model):
 
 def assert_same_training(ranks, one):
     """The same metrics.json and final weights, to float tolerance (the sums run in another order)."""
-    ddp, single = read_metrics(ranks), read_metrics(one)
+    ddp, single = measured(ranks), measured(one)
     assert set(ddp) == set(single) and ddp["global_step"] == single["global_step"] == 32
     assert {"train/total", "val/total", "redundancy", "dead_units"} <= set(single)
     for name, value in single.items():

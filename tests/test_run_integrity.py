@@ -8,15 +8,11 @@ from contextlib import contextmanager
 import pytest
 
 from calibration import advice
-from conftest import QUICK, ROOT, read_metrics, run_cli
+from conftest import QUICK, ROOT, measured, read_metrics, run_cli
 
 ARGS = [*(arg for arg in QUICK if not arg.startswith("logger=")), "logger=none", "model.hidden_dim=16"]
 KILL = ["+callbacks.kill._target_=kill_at.KillAt"]
 TESTS_ON_PATH = {"PYTHONPATH": str(ROOT / "tests")}  # kill_at.py
-
-
-def measured(run_dir):
-    return {name: value for name, value in read_metrics(run_dir).items() if name not in ("time", "peak_rss_gb")}
 
 
 def files_of(folder):
