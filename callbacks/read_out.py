@@ -16,6 +16,7 @@ class ReadOut(pl.Callback):
 
     def on_train_end(self, trainer, pl_module):
         self.read_this_fit = True
+        pl_module.zero_grad(set_to_none=True)  # the last step's gradients, as large as the weights, are done with
         if trainer.global_rank == 0:
             self.read_out(trainer, pl_module)
 

@@ -60,7 +60,8 @@ def dual_decoder(a: Tensor, x: Tensor, a_mean: Tensor, ridge: float) -> Tensor:
     """[k, d] from the n x n Gram matrix of the codes, centred by rank-one corrections:
     (A - 1 mu^T)(A - 1 mu^T)^T = A A^T - u 1^T - 1 u^T + mu^T mu, with u = A mu. Codes at most SPARSE_DENSITY
     set (a trained SAE's) multiply as their nonzeros; denser ones (an untrained one's) a block of latents at a
-    time, in float64."""
+    time, in float64. The [k, d] decoder is the one large allocation: at 65,536 latents it is 2 GB, and its
+    blocks and centring are written into it in place."""
     if a.is_sparse or torch.count_nonzero(a) <= SPARSE_DENSITY * a.numel():
         sparse = a.double() if a.is_sparse else torch.cat([rows.to_sparse().double() for rows in row_chunks(a)])
         with warnings.catch_warnings():  # sparse x sparse goes through CSR, which torch calls beta
@@ -68,13 +69,19 @@ def dual_decoder(a: Tensor, x: Tensor, a_mean: Tensor, ridge: float) -> Tensor:
             product = torch.sparse.mm(sparse, sparse.t()).to_dense()
         u, transpose_times = sparse @ a_mean, lambda rhs: sparse.t() @ rhs
     else:
-        blocks = list(zip(a.split(row_chunk_size(len(a)), dim=1), a_mean.split(row_chunk_size(len(a)))))
+        width = row_chunk_size(len(a))
+        blocks = list(zip(a.split(width, dim=1), a_mean.split(width)))
         product = sum(block.double() @ block.double().T for block, _ in blocks)
         u = sum(block.double() @ mean for block, mean in blocks)
-        transpose_times = lambda rhs: torch.cat([block.double().T @ rhs for block, _ in blocks])  # noqa: E731
+
+        def transpose_times(rhs: Tensor) -> Tensor:
+            out = rhs.new_empty(a.shape[1], rhs.shape[1])
+            for (block, _), rows in zip(blocks, out.split(width)):
+                torch.mm(block.double().T, rhs, out=rows)
+            return out
     gram = product - u[:, None] - u[None, :] + a_mean @ a_mean
     coefficients = ridge_solve(gram, x, gram.trace() / a.shape[1], ridge)
-    return transpose_times(coefficients) - a_mean[:, None] * coefficients.sum(0)
+    return transpose_times(coefficients).addr_(a_mean, coefficients.sum(0), alpha=-1)
 
 
 def ridge_solve(gram: Tensor, rhs: Tensor, mean_diagonal: Tensor, ridge: float) -> Tensor:

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from evaluation import linear_fits
 from evaluation.linear_fits import affine_fvu, fvu, implicit_decoder_fits, pca_fvu, probe_accuracy
 
 
@@ -64,9 +65,13 @@ def ridge_reference(a_train, x_train, a_test, x_test, ridge=1e-8):
     return float(fvu(x_test, x_mean + (a_test - a_mean) @ decoder, x_mean))
 
 
-# the k x k form; the n x n one on codes 16% set (multiplied densely), then 2% set (as their nonzeros)
-@pytest.mark.parametrize("n_train, latents, shift", [(300, 40, 1), (40, 300, 1), (40, 300, 2)])
-def test_affine_fvu_is_the_ridge_solution_through_either_gram_matrix(n_train, latents, shift):
+# the k x k form; the n x n one on codes 16% set (multiplied densely, in one block of latents and in blocks of
+# 64, the last one short), then 2% set (as their nonzeros)
+@pytest.mark.parametrize("n_train, latents, shift, block", [(300, 40, 1, None), (40, 300, 1, None),
+                                                            (40, 300, 1, 64), (40, 300, 2, None)])
+def test_affine_fvu_is_the_ridge_solution_through_either_gram_matrix(n_train, latents, shift, block, monkeypatch):
+    if block is not None:
+        monkeypatch.setattr(linear_fits, "row_chunk_size", lambda width: max(1, block * n_train // max(width, 1)))
     generator = torch.Generator().manual_seed(0)
     a = torch.relu(torch.randn(n_train + 100, latents, generator=generator, dtype=torch.float64) - shift)
     a[:, 0], a[:, 1] = 0, 2.0  # a dead unit and a constant one: singular without the ridge
@@ -100,3 +105,25 @@ print(fits["fvu"], fits["fvu_affine"])
     implicit, affine = map(float, done.stdout.split())
     assert implicit == pytest.approx(0, abs=1e-9)  # x is exactly a @ W: the implicit decoder recovers it
     assert 0 <= affine < 1.1  # 400 train rows, 65,536 latents: an affine read-out that interpolates train
+
+
+def test_the_dense_dual_fit_allocates_little_beyond_its_decoder():
+    """An untrained SAE's codes are half set, so the affine read-out multiplies them densely; at 65,536 latents
+    its float64 [k, d] decoder is the one allocation that scales with k x d: building it in blocks and
+    centring it must not hold a second or third copy (resident memory grows by under 1.5 decoders)."""
+    script = """
+import resource
+import torch
+from evaluation.linear_fits import affine_decoder
+generator = torch.Generator().manual_seed(0)
+a = torch.relu(torch.randn(64, 65536, generator=generator))  # half set: the dense path
+x = torch.randn(64, 1024, generator=generator)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+decoder, offset = affine_decoder(a, x)
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+print(grown / (decoder.numel() * decoder.element_size()))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert 0.9 < float(done.stdout) < 1.5
