@@ -22,10 +22,10 @@ PAPER_L0 = 86  # the reasoning-features SAE's active latents per token
 
 def step_flops(batch: int, d: int, h: int, active: float | None = None) -> float:
     """The matmul FLOPs of a training step. Dense: five B·d·h products (encoder and decoder forward, both
-    weight gradients, the decoder's input gradient; b_dec is folded into the encoder's bias, so the encoder
-    needs no input gradient). Sparse (``model.sparse_below``), ``active`` latents per example: the encoder's
-    forward, and four products over the active entries only (the encoder's weight gradient, the decode, its
-    gradients to the code and to the decoder)."""
+    weight gradients, the decoder's input gradient; b_dec's gradient through the encoder is a matrix-vector
+    product, so the encoder needs no input gradient). Sparse (``model.sparse_below``), ``active`` latents per
+    example: the encoder's forward, and four products over the active entries only (the encoder's weight
+    gradient, the decode, its gradients to the code and to the decoder)."""
     if active is None:
         return 5 * 2 * batch * d * h
     return 2 * batch * d * h + 4 * 2 * batch * active * d
@@ -46,8 +46,8 @@ def arithmetic(d: int, h: int, batch: int, layer: int, tokens: float, efficiency
         f"({', '.join(f'{name} {tflops} TFLOP/s' for name, tflops in H100_SXM_TFLOPS.items())}), "
         f"at {efficiency:.0%} of peak.",
         "",
-        f"- FLOPs a dense step: 5 matmuls of B·d·h (the bias b_dec is folded into the encoder's, so its "
-        f"gradient is a matrix-vector product), 2·{batch}·{d}·{h} = {matmul / 1e12:.2f} TFLOP each: "
+        f"- FLOPs a dense step: 5 matmuls of B·d·h (b_dec's gradient through the encoder is a matrix-vector "
+        f"product), 2·{batch}·{d}·{h} = {matmul / 1e12:.2f} TFLOP each: "
         f"**{step / 1e12:.1f} TFLOP a step**; {steps:,.0f} steps.",
         f"- FLOPs a sparse step (`model.sparse_below`, once the code is at most 5% active, at the paper's L0 of "
         f"{PAPER_L0}): the encoder's forward and four products over the active entries, "

@@ -9,6 +9,7 @@ from torchmetrics import Metric
 from lightning_modules.losses import lse_and_responsibilities
 
 DENSE = 0.1  # a latent firing on more than this fraction of examples counts as dense
+CHUNK_ELEMENTS = 2**24  # code entries widened to float64 at a time (128 MB)
 
 
 class UnitStatistics(Metric):
@@ -29,7 +30,13 @@ class UnitStatistics(Metric):
             self.add_state(name, default=default.clone(), dist_reduce_fx="sum")
 
     def update(self, z: Tensor, a: Tensor) -> None:
-        a = a.detach().double()
+        # a chunk of rows at a time: a batch of 1024 codes of 65,536 latents is 512 MB in float64, and each of
+        # the sums below would hold one or two such temporaries
+        rows = max(1, CHUNK_ELEMENTS // max(a.shape[1], 1))
+        for z_rows, a_rows in zip(z.detach().split(rows), a.detach().split(rows)):
+            self.add_rows(z_rows, a_rows.double())
+
+    def add_rows(self, z: Tensor, a: Tensor) -> None:
         _, resp = lse_and_responsibilities(a)
         self.count += len(a)
         self.sum_a += a.sum(dim=0)
@@ -43,7 +50,7 @@ class UnitStatistics(Metric):
         self.resp_entropy += torch.special.entr(resp).sum()
         self.max_resp += resp.max(dim=-1).values.sum()
         self.sum_resp += resp.sum(dim=0)
-        self.blocked_resp += (resp * (z.detach() <= 0)).sum()
+        self.blocked_resp += (resp * (z <= 0)).sum()
 
     def compute(self) -> dict[str, Tensor]:
         n = self.count

@@ -60,12 +60,18 @@ class SparseAutoencoder(SparseCoder):
         return True
 
     def preactivation(self, x: Tensor) -> Tensor:
-        """W_enc (x - b_dec) + b_enc, computed as W_enc x + (b_enc - W_enc b_dec): b_dec's gradient is then a
-        matrix-vector product instead of the input gradient of a batch matmul (one of the step's six)."""
-        return F.linear(x * self.input_scale, self.encoder.weight, self.folded_bias())
+        """W_enc (x - b_dec) + b_enc."""
+        centred, bias = self.centred_input_and_bias(x)
+        return F.linear(centred, self.encoder.weight, bias)
 
-    def folded_bias(self) -> Tensor:
-        return self.encoder.bias - self.encoder.weight @ self.b_dec
+    def centred_input_and_bias(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x - b_dec with no gradient to b_dec, and the bias b_enc + W_enc (b_dec - b_dec): zero added, whose
+        gradient is b_dec's, -W_enc^T sum_batch dz, a matrix-vector product. Through x - b_dec autograd would
+        take it as the input gradient of the batch matmul (one of the step's six); through the folded bias
+        b_enc - W_enc b_dec it would also add a rank-one [latents x inputs] gradient to W_enc (1 GB at paper
+        width, each step)."""
+        b_dec = self.b_dec.detach()
+        return x * self.input_scale - b_dec, self.encoder.bias + self.encoder.weight.detach() @ (b_dec - self.b_dec)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         z = self.preactivation(x)
@@ -104,7 +110,8 @@ class SparseAutoencoder(SparseCoder):
         """The pre-activations at ``entries``, differentiable in the encoder's parameters and b_dec."""
         weight = self.encoder.weight
         values = entries.values.to(weight.dtype)  # bfloat16 under autocast; the sparse products run in the weights'
-        return entries.with_values(selected_linear(x * self.input_scale, weight, self.folded_bias(), entries, values))
+        centred, bias = self.centred_input_and_bias(x)
+        return entries.with_values(selected_linear(centred, weight, bias, entries, values))
 
     def activate_entries(self, preactivations: SparseCode) -> SparseCode:
         """``activate`` at the entries only."""

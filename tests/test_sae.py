@@ -194,17 +194,18 @@ def test_rectangle_estimator_matches_the_expected_loss_gradient_in_theta(paramet
     assert torch.equal(z.grad, torch.zeros_like(z))  # the L0 penalty reaches theta only
 
 
-def test_the_preactivation_folds_b_dec_into_the_bias_with_the_same_values_and_gradients():
+def test_the_preactivation_has_the_values_and_gradients_of_w_enc_times_x_minus_b_dec_plus_b_enc():
+    """(b_dec reaches it through a zero-valued bias term, not through the batch's input gradient)"""
     torch.manual_seed(0)
     model = SparseAutoencoder(6, 5, CompositeLoss({"mse": 1.0}, reduction="mean")).double()
     with torch.no_grad():
         model.b_dec.normal_()
         model.input_scale.fill_(1.7)
     x = torch.randn(4, 6, dtype=torch.float64)
-    folded = model.preactivation(x)
+    ours = model.preactivation(x)
     reference = model.encoder(x * model.input_scale - model.b_dec)
-    torch.testing.assert_close(folded, reference)
-    weights = torch.randn_like(folded)
+    torch.testing.assert_close(ours, reference)
+    weights = torch.randn_like(ours)
     grads = [torch.autograd.grad((z * weights).sum(), [model.encoder.weight, model.encoder.bias, model.b_dec])
              for z in (model.preactivation(x), model.encoder(x * model.input_scale - model.b_dec))]
     for ours, theirs in zip(*grads):

@@ -2,6 +2,7 @@ import math
 
 import torch
 
+from callbacks import unit_statistics
 from callbacks.unit_statistics import UnitStatistics
 
 
@@ -41,10 +42,11 @@ def test_responsibility_metrics_for_equal_energies():
     assert math.isclose(out["blocked_resp_mass"], 1.0, rel_tol=1e-12)
 
 
-def test_accumulating_batches_equals_one_pass():
+def test_accumulating_batches_equals_one_pass(monkeypatch):
     z, a = constructed_codes()
     whole, parts = UnitStatistics(4), UnitStatistics(4)
     whole.update(z, a)
+    monkeypatch.setattr(unit_statistics, "CHUNK_ELEMENTS", 4 * 30)  # and each batch widened 30 rows at a time
     for chunk in (slice(0, 70), slice(70, 200)):
         parts.update(z[chunk], a[chunk])
     for name, value in whole.compute().items():
