@@ -4,12 +4,22 @@ documented dense peaks (an H100 SXM by default), at a stated fraction of peak.
 
     python -m analysis.paper_scale [out=results/paper_scale.md] [tokens=1e9] [efficiency=0.5]
 
+With ``run=<folder>`` (a run of `train.py experiment=paper_width`, or any SAE run) it checks the arithmetic
+on the machine it runs on instead: the run's measured step time against its step's FLOPs at this machine's
+own matmul rate, and its peak memory against its weights, gradients and Adam state.
+
+    python -m analysis.paper_scale run=<folder> [out=results/paper_width.md]
+
 It prints the Markdown, and writes it stamped with the date, commit and machine where ``out`` is given.
 """
+import json
 import sys
+import time
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from analysis.stamp import stamp_line
 
@@ -72,15 +82,63 @@ def arithmetic(d: int, h: int, batch: int, layer: int, tokens: float, efficiency
     return "\n".join(lines) + "\n"
 
 
+def matmul_rate(batch: int, d: int, h: int, repeats: int = 3) -> float:
+    """FLOP/s of one float32 [batch x d] @ [d x h] product on this machine's CPU, the best of ``repeats``
+    after a warm-up."""
+    x, weight = torch.randn(batch, d), torch.randn(d, h)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        x @ weight
+        best = min(best, time.perf_counter() - started)
+    return 2 * batch * d * h / best
+
+
+def measured_check(run: Path) -> str:
+    """The run's step time against the arithmetic at this machine's matmul rate, and its peak memory
+    against its training state (weights, gradients, Adam's two moments: four float32 copies)."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    cfg = OmegaConf.load(run / "config_resolved.yaml")
+    batch, d, h, steps = cfg.data.batch_size, cfg.data.input_dim, cfg.model.hidden_dim, metrics["global_step"]
+    l0, measured_on = (metrics["train/l0"], "last logged training batch") if "train/l0" in metrics else \
+        (metrics["l0"], "validation split")
+    density = l0 / h
+    sparse = density <= cfg.model.get("sparse_below", 0.0)
+    flops = step_flops(batch, d, h, l0 if sparse else None)
+    seconds = metrics["time"]["training_steps"] / steps
+    rate = matmul_rate(batch, d, h)
+    state_gib = 4 * 4 * metrics["params"] / 2**30
+    return "\n".join([
+        f"# The arithmetic checked on this machine: {d} -> {h:,} latents, batch {batch}",
+        "",
+        f"From the run `{run}` ({steps} steps) and one [{batch} x {d}] @ [{d} x {h:,}] float32 product timed here.",
+        "",
+        f"- Measured: {metrics['time']['training_steps']:.1f} s of training steps, **{seconds:.2f} s a step** (the "
+        f"first one also allocates Adam's moments).",
+        f"- The arithmetic: a {'sparse' if sparse else 'dense'} step (the code of its {measured_on} {density:.1%} active, "
+        f"`model.sparse_below` {cfg.model.get('sparse_below', 0.0)}) is {flops / 1e12:.2f} TFLOP; at this machine's "
+        f"matmul rate, {rate / 1e9:.0f} GFLOP/s, it takes **{flops / rate:.2f} s**: measured / arithmetic = "
+        f"**{seconds * rate / flops:.2f}**.",
+        f"- Peak memory: **{metrics['peak_rss_gb']:.2f} GiB** resident, against {state_gib:.2f} GiB of weights, "
+        f"gradients and Adam's moments: **{metrics['peak_rss_gb'] / state_gib:.2f}x**.",
+    ]) + "\n"
+
+
 def main(args: list[str]) -> None:
     options = dict(arg.split("=", 1) for arg in args)
-    unknown = set(options) - {"out", "tokens", "efficiency"}
+    unknown = set(options) - {"out", "tokens", "efficiency", "run"}
     if unknown:
-        sys.exit(f"error: unknown option(s) {sorted(unknown)}; use out=, tokens=, efficiency=")
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=reasoning_features"])
-    text = arithmetic(cfg.data.input_dim, cfg.model.hidden_dim, cfg.data.batch_size, cfg.data.layer,
-                      float(options.get("tokens", 1e9)), float(options.get("efficiency", 0.5)))
+        sys.exit(f"error: unknown option(s) {sorted(unknown)}; use out=, tokens=, efficiency=, run=")
+    if "run" in options:
+        run = Path(options["run"])
+        if not (run / "metrics.json").is_file() or not (run / "config_resolved.yaml").is_file():
+            sys.exit(f"error: {run} is not a finished run folder (it needs metrics.json and config_resolved.yaml)")
+        text = measured_check(run)
+    else:
+        with initialize_config_dir(str(CONF), version_base="1.3"):
+            cfg = compose("train", overrides=["experiment=reasoning_features"])
+        text = arithmetic(cfg.data.input_dim, cfg.model.hidden_dim, cfg.data.batch_size, cfg.data.layer,
+                          float(options.get("tokens", 1e9)), float(options.get("efficiency", 0.5)))
     if "out" in options:
         path = Path(options["out"])
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -201,3 +201,16 @@ def test_time_shares_of_a_sweep_add_its_runs_phases(sweep, tmp_path):
     training = sum(seconds["training_steps"] for seconds in times)
     assert f"summed over 2 runs, {total:.0f} s: start up " in result.stdout
     assert f"training steps {100 * training / total:.0f}%" in result.stdout
+
+
+def test_the_paper_scale_check_reads_a_run_s_step_time_and_peak_memory(tmp_path):
+    run = tmp_path / "sae"
+    run_cli("train.py", *QUICK, "model=sae", "loss=mse_l1", "model.hidden_dim=64", f"hydra.run.dir={run}")
+    run_cli("-m", "analysis.paper_scale", f"run={run}", f"out={tmp_path / 'check.md'}")
+    text, metrics = (tmp_path / "check.md").read_text(), json.loads((run / "metrics.json").read_text())
+    seconds = metrics["time"]["training_steps"] / metrics["global_step"]
+    state_gib = 16 * metrics["params"] / 2**30  # weights, gradients and Adam's two moments in float32
+    assert f"**{seconds:.2f} s a step**" in text and "a dense step" in text  # sparse_below is 0 by default
+    assert f"**{metrics['peak_rss_gb'] / state_gib:.2f}x**" in text and "Measured " in text
+    refused = run_cli("-m", "analysis.paper_scale", f"run={tmp_path}", check=False)
+    assert refused.returncode == 1 and refused.stderr.startswith("error:") and len(refused.stderr.splitlines()) == 1
