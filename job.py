@@ -159,6 +159,18 @@ def report_end(trainer: pl.Trainer, run_dir: Path, seconds: float) -> None:
             log.info("W&B, offline: wandb sync %s", Path(logger.experiment.dir).parent)
 
 
+def peak_resident_gib() -> float:
+    """The process's peak resident memory since it started this program: Linux's VmHWM. getrusage's ru_maxrss
+    would also carry the peak of the process that started it (Linux keeps it across fork and exec): a test
+    runner's, a notebook's."""
+    status = Path("/proc/self/status")
+    lines = status.read_text().splitlines() if status.is_file() else []
+    peak_kib = next((int(line.split()[1]) for line in lines if line.startswith("VmHWM:")), None)
+    if peak_kib is None:  # no procfs; macOS gives ru_maxrss in bytes
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**30 if sys.platform == "darwin" else 2**20)
+    return peak_kib / 2**20
+
+
 def finish(trainer: pl.Trainer, callbacks: dict[str, pl.Callback], run_dir: Path, job_start: float,
            fit_end: float, first_job: bool) -> dict:
     """``finished`` in metrics.json, last, with every read-out, the test and the wall time by phase
@@ -170,7 +182,7 @@ def finish(trainer: pl.Trainer, callbacks: dict[str, pl.Callback], run_dir: Path
     if stopwatch is not None and "train_end" in stopwatch.marks:
         values["time"] = stopwatch.shares(job_start, fit_end, time.time(), first_job)
     # the process's high-water mark: in a sweep that runs its jobs in one process, the largest job's so far
-    values["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)  # Linux: KiB
+    values["peak_rss_gb"] = round(peak_resident_gib(), 3)
     metrics = callbacks["metrics_file"].write(trainer, "finished", **values) if "metrics_file" in callbacks else {}
     if "time" in values:
         log.info("time %s: %s; peak memory %.2f GiB resident", duration(values["time"]["total"]),

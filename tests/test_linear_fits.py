@@ -112,16 +112,16 @@ def test_the_dense_dual_fit_allocates_little_beyond_its_decoder():
     its float64 [k, d] decoder is the one allocation that scales with k x d: building it in blocks and
     centring it must not hold a second or third copy (resident memory grows by under 1.5 decoders)."""
     script = """
-import resource
 import psutil
 import torch
 from evaluation.linear_fits import affine_decoder
+from job import peak_resident_gib
 generator = torch.Generator().manual_seed(0)
 a = torch.relu(torch.randn(64, 65536, generator=generator))  # half set: the dense path
 x = torch.randn(64, 1024, generator=generator)
 before = psutil.Process().memory_info().rss  # resident now, not the peak so far (imports pass through higher)
 decoder, offset = affine_decoder(a, x)
-grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+grown = peak_resident_gib() * 2**30 - before
 print(grown / (decoder.numel() * decoder.element_size()))
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,

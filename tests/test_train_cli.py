@@ -172,6 +172,14 @@ def test_logger_none_trains_without_a_logger(tmp_path):
     assert not (tmp_path / "csv").exists() and not (tmp_path / "wandb").exists()
 
 
+def test_the_peak_memory_is_the_run_s_own_not_its_launcher_s(tmp_path):
+    """A launcher that holds 2 GiB (a test runner, a notebook) starts train.py: the run reports its own peak
+    (Linux keeps a parent's in getrusage's ru_maxrss across fork and exec)."""
+    command = [sys.executable, str(ROOT / "train.py"), *QUICK, "logger=none", f"hydra.run.dir={tmp_path}"]
+    run_cli("-c", f"import subprocess, numpy; held = numpy.ones(2**28); subprocess.run({command!r}, check=True)")
+    assert 0.1 < read_metrics(tmp_path)["peak_rss_gb"] < 1.5
+
+
 def test_nothing_is_profiled_unless_asked_and_simple_reports_in_the_log(tmp_path):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         assert compose("train").trainer.profiler is None
