@@ -131,8 +131,14 @@ def main(args: list[str]) -> None:
         sys.exit(f"error: unknown option(s) {sorted(unknown)}; use out=, tokens=, efficiency=, run=")
     if "run" in options:
         run = Path(options["run"])
-        if not (run / "metrics.json").is_file() or not (run / "config_resolved.yaml").is_file():
-            sys.exit(f"error: {run} is not a finished run folder (it needs metrics.json and config_resolved.yaml)")
+        finished = (run / "metrics.json").is_file() and (run / "config_resolved.yaml").is_file() and \
+            json.loads((run / "metrics.json").read_text()).get("status") == "finished"
+        if not finished:
+            sys.exit(f"error: {run} is not a finished run folder (one whose metrics.json says finished, beside its "
+                     f"config_resolved.yaml)")
+        model = OmegaConf.load(run / "config_resolved.yaml").model._target_
+        if not model.startswith("lightning_modules.sae."):
+            sys.exit(f"error: the arithmetic is an SAE step's, and {run} trained {model}")
         text = measured_check(run)
     else:
         with initialize_config_dir(str(CONF), version_base="1.3"):

@@ -203,7 +203,7 @@ def test_time_shares_of_a_sweep_add_its_runs_phases(sweep, tmp_path):
     assert f"training steps {100 * training / total:.0f}%" in result.stdout
 
 
-def test_the_paper_scale_check_reads_a_run_s_step_time_and_peak_memory(tmp_path):
+def test_the_paper_scale_check_reads_a_run_s_step_time_and_peak_memory(sweep, tmp_path):
     run = tmp_path / "sae"
     run_cli("train.py", *QUICK, "model=sae", "loss=mse_l1", "model.hidden_dim=64", f"hydra.run.dir={run}")
     run_cli("-m", "analysis.paper_scale", f"run={run}", f"out={tmp_path / 'check.md'}")
@@ -212,5 +212,7 @@ def test_the_paper_scale_check_reads_a_run_s_step_time_and_peak_memory(tmp_path)
     state_gib = 16 * metrics["params"] / 2**30  # weights, gradients and Adam's two moments in float32
     assert f"**{seconds:.2f} s a step**" in text and "a dense step" in text  # sparse_below is 0 by default
     assert f"**{metrics['peak_rss_gb'] / state_gib:.2f}x**" in text and "Measured " in text
-    refused = run_cli("-m", "analysis.paper_scale", f"run={tmp_path}", check=False)
-    assert refused.returncode == 1 and refused.stderr.startswith("error:") and len(refused.stderr.splitlines()) == 1
+    for folder, reason in [(tmp_path, "is not a finished run folder"), (sweep / "0", "the arithmetic is an SAE")]:
+        refused = run_cli("-m", "analysis.paper_scale", f"run={folder}", check=False)
+        assert refused.returncode == 1 and refused.stderr.startswith("error:") and reason in refused.stderr
+        assert len(refused.stderr.splitlines()) == 1
