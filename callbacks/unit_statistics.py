@@ -6,10 +6,10 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from evaluation.linear_fits import row_chunks
 from lightning_modules.losses import lse_and_responsibilities
 
 DENSE = 0.1  # a latent firing on more than this fraction of examples counts as dense
-CHUNK_ELEMENTS = 2**24  # code entries widened to float64 at a time (128 MB)
 
 
 class UnitStatistics(Metric):
@@ -32,8 +32,7 @@ class UnitStatistics(Metric):
     def update(self, z: Tensor, a: Tensor) -> None:
         # a chunk of rows at a time: a batch of 1024 codes of 65,536 latents is 512 MB in float64, and each of
         # the sums below would hold one or two such temporaries
-        rows = max(1, CHUNK_ELEMENTS // max(a.shape[1], 1))
-        for z_rows, a_rows in zip(z.detach().split(rows), a.detach().split(rows)):
+        for z_rows, a_rows in zip(row_chunks(z.detach()), row_chunks(a.detach())):
             self.add_rows(z_rows, a_rows.double())
 
     def add_rows(self, z: Tensor, a: Tensor) -> None:

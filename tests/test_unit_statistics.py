@@ -46,7 +46,7 @@ def test_accumulating_batches_equals_one_pass(monkeypatch):
     z, a = constructed_codes()
     whole, parts = UnitStatistics(4), UnitStatistics(4)
     whole.update(z, a)
-    monkeypatch.setattr(unit_statistics, "CHUNK_ELEMENTS", 4 * 30)  # and each batch widened 30 rows at a time
+    monkeypatch.setattr(unit_statistics, "row_chunks", lambda rows: rows.split(30))  # each batch 30 rows at a time
     for chunk in (slice(0, 70), slice(70, 200)):
         parts.update(z[chunk], a[chunk])
     for name, value in whole.compute().items():
