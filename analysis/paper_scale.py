@@ -12,15 +12,14 @@ own matmul rate, and its peak memory against its weights, gradients and Adam sta
 
 It prints the Markdown, and writes it stamped with the date, commit and machine where ``out`` is given.
 """
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
+from analysis.runs import Run, read_run
 from analysis.stamp import stamp_line
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -94,16 +93,27 @@ def matmul_rate(batch: int, d: int, h: int, repeats: int = 3) -> float:
     return 2 * batch * d * h / best
 
 
-def measured_check(run: Path) -> str:
+def sae_run(folder: Path) -> Run:
+    """The finished SAE run in ``folder``, or one error line."""
+    if not (folder / "metrics.json").is_file():
+        sys.exit(f"error: {folder} is not a finished run folder (it holds no metrics.json)")
+    run = read_run(folder, (), ("an SAE run (the arithmetic is an SAE step's)",
+                                lambda run: run.config["model"]["_target_"].startswith("lightning_modules.sae.")))
+    if isinstance(run, str):
+        sys.exit(f"error: {folder} cannot be checked: {run}")
+    return run
+
+
+def measured_check(run: Run) -> str:
     """The run's step time against the arithmetic at this machine's matmul rate, and its peak memory
     against its training state (weights, gradients, Adam's two moments: four float32 copies)."""
-    metrics = json.loads((run / "metrics.json").read_text())
-    cfg = OmegaConf.load(run / "config_resolved.yaml")
-    batch, d, h, steps = cfg.data.batch_size, cfg.data.input_dim, cfg.model.hidden_dim, metrics["global_step"]
+    metrics, data, model = run.metrics, run.config["data"], run.config["model"]
+    batch, d, h, steps = data["batch_size"], data["input_dim"], model["hidden_dim"], metrics["global_step"]
     l0, measured_on = (metrics["train/l0"], "last logged training batch") if "train/l0" in metrics else \
         (metrics["l0"], "validation split")
     density = l0 / h
-    sparse = density <= cfg.model.get("sparse_below", 0.0)
+    sparse_below = model.get("sparse_below", 0.0)
+    sparse = density <= sparse_below
     flops = step_flops(batch, d, h, l0 if sparse else None)
     seconds = metrics["time"]["training_steps"] / steps
     rate = matmul_rate(batch, d, h)
@@ -111,12 +121,12 @@ def measured_check(run: Path) -> str:
     return "\n".join([
         f"# The arithmetic checked on this machine: {d} -> {h:,} latents, batch {batch}",
         "",
-        f"From the run `{run}` ({steps} steps) and one [{batch} x {d}] @ [{d} x {h:,}] float32 product timed here.",
+        f"From the run `{run.path}` ({steps} steps) and one [{batch} x {d}] @ [{d} x {h:,}] float32 product timed here.",
         "",
         f"- Measured: {metrics['time']['training_steps']:.1f} s of training steps, **{seconds:.2f} s a step** (the "
         f"first one also allocates Adam's moments).",
         f"- The arithmetic: a {'sparse' if sparse else 'dense'} step (the code of its {measured_on} {density:.1%} active, "
-        f"`model.sparse_below` {cfg.model.get('sparse_below', 0.0)}) is {flops / 1e12:.2f} TFLOP; at this machine's "
+        f"`model.sparse_below` {sparse_below}) is {flops / 1e12:.2f} TFLOP; at this machine's "
         f"matmul rate, {rate / 1e9:.0f} GFLOP/s, it takes **{flops / rate:.2f} s**: measured / arithmetic = "
         f"**{seconds * rate / flops:.2f}**.",
         f"- Peak memory: **{metrics['peak_rss_gb']:.2f} GiB** resident, against {state_gib:.2f} GiB of weights, "
@@ -130,16 +140,7 @@ def main(args: list[str]) -> None:
     if unknown:
         sys.exit(f"error: unknown option(s) {sorted(unknown)}; use out=, tokens=, efficiency=, run=")
     if "run" in options:
-        run = Path(options["run"])
-        finished = (run / "metrics.json").is_file() and (run / "config_resolved.yaml").is_file() and \
-            json.loads((run / "metrics.json").read_text()).get("status") == "finished"
-        if not finished:
-            sys.exit(f"error: {run} is not a finished run folder (one whose metrics.json says finished, beside its "
-                     f"config_resolved.yaml)")
-        model = OmegaConf.load(run / "config_resolved.yaml").model._target_
-        if not model.startswith("lightning_modules.sae."):
-            sys.exit(f"error: the arithmetic is an SAE step's, and {run} trained {model}")
-        text = measured_check(run)
+        text = measured_check(sae_run(Path(options["run"])))
     else:
         with initialize_config_dir(str(CONF), version_base="1.3"):
             cfg = compose("train", overrides=["experiment=reasoning_features"])
