@@ -183,6 +183,8 @@ def finish(trainer: pl.Trainer, callbacks: dict[str, pl.Callback], run_dir: Path
         values["time"] = stopwatch.shares(job_start, fit_end, time.time(), first_job)
     # the process's high-water mark: in a sweep that runs its jobs in one process, the largest job's so far
     values["peak_rss_gb"] = round(peak_resident_gib(), 3)
+    if hasattr(trainer.datamodule, "left_out_summary"):  # LM activations: what the norm rule removed
+        values["left_out_tokens"] = trainer.datamodule.left_out_summary()
     metrics = callbacks["metrics_file"].write(trainer, "finished", **values) if "metrics_file" in callbacks else {}
     if "time" in values:
         log.info("time %s: %s; peak memory %.2f GiB resident", duration(values["time"]["total"]),

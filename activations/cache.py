@@ -102,8 +102,9 @@ class ActivationCache:
         return self.dir / split / f"{'tokens' if layer is None else f'L{layer}'}-{index:05d}.npy"
 
     def write_shard(self, manifest: dict, split: str, tokens: np.ndarray, activations: dict[int, np.ndarray],
-                    sequences_end: int) -> None:
-        """Write one shard's files, then commit it in the manifest with its per-layer sums."""
+                    sequences_end: int, left_out: list[dict] = ()) -> None:
+        """Write one shard's files, then commit it in the manifest with its per-layer sums and the tokens
+        the norm rule left out of it."""
         state = manifest["splits"][split]
         index = len(state["shards"])
         (self.dir / split).mkdir(parents=True, exist_ok=True)
@@ -116,7 +117,7 @@ class ActivationCache:
             stats[str(layer)] = {"sum": x.sum(0).tolist(), "norm_sum": float(np.linalg.norm(x, axis=1).sum()),
                                  "crc32": checksum(stored)}
         state["shards"].append({"rows": len(tokens), "sequences_end": sequences_end, "stats": stats,
-                                "tokens_crc32": checksum(tokens)})
+                                "tokens_crc32": checksum(tokens), "left_out": list(left_out)})
         self.write_manifest(manifest)
 
     def open(self, manifest: dict, split: str, layer: int) -> list[np.ndarray]:
@@ -149,6 +150,11 @@ class ActivationCache:
             raise CorruptCache(f"activation cache shard {path} is corrupt (its bytes differ from the harvest's "
                                f"checksum); {redo}")
         return array
+
+    @staticmethod
+    def left_out(manifest: dict, split: str) -> list[dict]:
+        """The tokens the norm rule left out of a split, in harvest order."""
+        return [token for shard in manifest["splits"][split]["shards"] for token in shard.get("left_out", [])]
 
     @staticmethod
     def statistics(manifest: dict, split: str, layer: int) -> tuple[np.ndarray, float, int]:

@@ -178,23 +178,28 @@ def skeleton(config) -> nn.Module:
 
 def load(name: str, dtype: str = "float32", device: str = "cpu"):
     """(model, tokenizer), in eval mode: a causal LM with its head when the checkpoint has one."""
-    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModel, AutoModelForCausalLM
 
     config, path = load_config(name), model_path(name)
     auto = AutoModelForCausalLM if is_causal(config) else AutoModel
     model = auto.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model, load_tokenizer(name)
+
+
+@functools.cache
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path(name))
     if tokenizer.pad_token_id is None:  # GPT-2 and Llama have none; padding is masked out anyway
         tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return tokenizer
 
 
 @functools.cache
 def tokenizer_fingerprint(name: str) -> str:
     """What an activation cache's key records of the tokenizer: its class, vocabulary and special tokens."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_path(name))
+    tokenizer = load_tokenizer(name)
     described = [type(tokenizer).__name__, sorted(tokenizer.get_vocab().items()), tokenizer.all_special_tokens]
     return hashlib.sha256(json.dumps(described).encode()).hexdigest()[:16]
 

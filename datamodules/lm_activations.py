@@ -16,7 +16,7 @@ from torch import Tensor
 from activations import language_model
 from activations.cache import ActivationCache
 from activations.corpus import SPLITS, fingerprint, read_documents, split_documents, tokenize
-from activations.harvest import activation_batches, harvest
+from activations.harvest import activation_batches, harvest, norm_caps
 from datamodules.resumable import ResumableBatches
 from datamodules.tensor_batches import TensorBatches, rank_and_world_size
 
@@ -94,8 +94,9 @@ class MixingBuffer(ResumableBatches):
     def harvested_batches(self):
         dm, generator = self.dm, self.generator()
         buffer_x, buffer_t = [], []
-        batches = activation_batches(dm.lm, dm.modules, dm.sequences["train"], dm.harvest_batch_size)
-        for end, ids, captured in batches:
+        batches = activation_batches(dm.lm, dm.modules, dm.sequences["train"], dm.harvest_batch_size,
+                                     caps=dm.norm_caps)
+        for end, ids, captured, _ in batches:
             buffer_x.append(captured[dm.layer])
             buffer_t.append(ids)
             if sum(len(b) for b in buffer_t) < self.size and end < len(dm.sequences["train"]):
@@ -115,7 +116,7 @@ class ActivationDataModule(pl.LightningDataModule):
     def __init__(self, model: str, layer: int, input_dim: int, layers: list[int] | None = None, site: str = "resid",
                  corpus: str = "pydocs", text_field: str = "text", context_length: int = 128,
                  keep_special_tokens: bool = False, keep_first_position: bool = False,
-                 split_fractions: dict | None = None, split_seed: int = 0,
+                 max_norm_ratio: float | None = None, split_fractions: dict | None = None, split_seed: int = 0,
                  max_tokens: dict | None = None, cache: bool = True, cache_dir: str = "cache/activations",
                  dtype: str = "float16", model_dtype: str = "float32", device: str = "cpu",
                  harvest_batch_size: int = 32, shard_tokens: int = 65536, shuffle_window: int = 4,
@@ -135,6 +136,8 @@ class ActivationDataModule(pl.LightningDataModule):
              f"data.split_fractions must be positive and sum to 1, got {self.fractions}"),
             (all(n is None or n > 0 for n in self.max_tokens.values()),
              f"data.max_tokens must be > 0 or null, got {self.max_tokens}"),
+            (max_norm_ratio is None or max_norm_ratio > 1,
+             f"data.max_norm_ratio must be > 1 (x the median norm) or null, got {max_norm_ratio}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -154,6 +157,9 @@ class ActivationDataModule(pl.LightningDataModule):
         self.model_name, self.layer, self.input_dim, self.site = model, layer, input_dim, site
         self.corpus, self.text_field, self.context_length = corpus, text_field, context_length
         self.keep_special_tokens, self.keep_first_position = keep_special_tokens, keep_first_position
+        self.max_norm_ratio = max_norm_ratio
+        self.norm_caps: dict[int, float] | None = None
+        self.left_out: dict[str, list[dict]] = {}  # split -> the tokens the norm rule left out
         self.split_seed = split_seed
         self.use_cache, self.cache_dir, self.dtype, self.model_dtype, self.device = cache, cache_dir, dtype, \
             model_dtype, device
@@ -170,7 +176,7 @@ class ActivationDataModule(pl.LightningDataModule):
                 "layers": self.layers, "site": self.site,
                 "corpus": fingerprint(self.corpus, self.text_field), "context_length": self.context_length,
                 "keep_special_tokens": self.keep_special_tokens, "keep_first_position": self.keep_first_position,
-                "split_fractions": self.fractions,
+                "max_norm_ratio": self.max_norm_ratio, "split_fractions": self.fractions,
                 "split_seed": self.split_seed, "max_tokens": self.max_tokens, "dtype": self.dtype,
                 "model_dtype": self.model_dtype}
 
@@ -187,6 +193,29 @@ class ActivationDataModule(pl.LightningDataModule):
         empty = [split for split, seqs in self.sequences.items() if seqs.tokens == 0]
         if empty:
             raise ValueError(f"data.corpus={self.corpus} gives no tokens to harvest in split(s) {empty}")
+        self.mark_left_out()
+
+    def mark_left_out(self) -> None:
+        """The left-out tokens are no longer harvested positions of the tokenised windows: downstream fidelity
+        splices only harvested positions, so these keep their clean activation."""
+        if not hasattr(self, "sequences"):
+            return
+        for split, tokens in self.left_out.items():
+            for token in tokens:
+                self.sequences[split].keep[token["sequence"], token["position"]] = False
+
+    def left_out_summary(self, largest: int = 5) -> dict:
+        """What the norm rule removed, for metrics.json: the rule, each layer's cap, the count per split, and
+        the largest left-out tokens by their norm at the trained layer."""
+        tokens = [(split, token) for split, left in self.left_out.items() for token in left]
+        tokens.sort(key=lambda item: -item[1]["norms"][str(self.layer)])
+        tokenizer = language_model.load_tokenizer(self.model_name) if tokens else None
+        return {"max_norm_ratio": self.max_norm_ratio,
+                "norm_cap": None if self.norm_caps is None else round(self.norm_caps[self.layer], 2),
+                "removed": {split: len(left) for split, left in self.left_out.items()},
+                "largest": [{"split": split, "token": tokenizer.decode([token["token"]]),
+                             "position": token["position"], "norm": token["norms"][str(self.layer)]}
+                            for split, token in tokens[:largest]]}
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -208,7 +237,11 @@ class ActivationDataModule(pl.LightningDataModule):
         else:
             self.load_lm()
             manifest = harvest(cache, self.lm, self.modules, self.sequences, self.input_dim,
-                               self.harvest_batch_size, self.shard_tokens, self.progress)
+                               self.harvest_batch_size, self.shard_tokens, self.progress, self.max_norm_ratio)
+        caps = manifest.get("norm_caps")
+        self.norm_caps = None if caps is None else {int(layer): cap for layer, cap in caps.items()}
+        self.left_out = {split: cache.left_out(manifest, split) for split in SPLITS}
+        self.mark_left_out()
         shards = {split: cache.open(manifest, split, self.layer) for split in SPLITS}
         tokens = {split: cache.tokens(manifest, split) for split in shards}
         self.train_shards, self.train_tokens = shards["train"], tokens["train"]
@@ -227,19 +260,25 @@ class ActivationDataModule(pl.LightningDataModule):
                                 torch.from_numpy(self.train_tokens[sample]).long())
 
     def setup_streaming(self) -> None:
-        """No cache: val, test and a train sample are harvested into memory; train batches stream."""
+        """No cache: val, test and a train sample are harvested into memory; train batches stream. The norm rule
+        applies to all of them; only the held splits' left-out tokens are recorded."""
         self.load_lm()
+        self.norm_caps = norm_caps(self.lm, self.modules, self.sequences["train"], self.harvest_batch_size,
+                                   self.max_norm_ratio)
         for split in ("val", "test"):
-            self.splits[split] = self.harvest_in_memory(self.sequences[split])
+            self.splits[split], self.left_out[split] = self.harvest_in_memory(self.sequences[split])
         train_sample = self.sequences["train"][:max(1, self.readout_tokens // self.context_length)]
-        self.splits["train"] = self.harvest_in_memory(train_sample)
+        self.splits["train"], self.left_out["train"] = self.harvest_in_memory(train_sample)
+        self.mark_left_out()
         x = self.splits["train"][0]
         self.set_train_statistics(x.double().mean(0).float(), float(x.double().norm(dim=1).mean()))
 
-    def harvest_in_memory(self, sequences) -> tuple[Tensor, Tensor]:
-        """(activations at this layer, token ids) of every harvested position, as tensors."""
-        parts = list(activation_batches(self.lm, self.modules, sequences, self.harvest_batch_size))
-        return torch.cat([captured[self.layer] for _, _, captured in parts]), torch.cat([ids for _, ids, _ in parts])
+    def harvest_in_memory(self, sequences) -> tuple[tuple[Tensor, Tensor], list[dict]]:
+        """((activations at this layer, token ids) of every harvested position, the left-out tokens)."""
+        parts = list(activation_batches(self.lm, self.modules, sequences, self.harvest_batch_size,
+                                        caps=self.norm_caps))
+        held = torch.cat([captured[self.layer] for _, _, captured, _ in parts]), torch.cat([p[1] for p in parts])
+        return held, [token for *_, left_out in parts for token in left_out]
 
     def set_train_statistics(self, mean: Tensor, mean_norm: float) -> None:
         self.train_mean = mean

@@ -143,13 +143,23 @@ def implicit_decoder_fits(a_train: Tensor, x_train: Tensor, a_test: Tensor, x_te
             "fvu_affine": affine_fvu(a_train, x_train, a_test, x_test)}
 
 
-def pca_fvu(x_train: Tensor, x_test: Tensor, k: int) -> float:
-    """Test FVU of the projection onto the top-k principal subspace of train: the linear baseline."""
-    x_mean = x_train.double().mean(0)
+def principal_subspace(x_train: Tensor, k: int, mean: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(mean, the top-k principal directions [d, k]) of train in float64; ``mean`` centres instead of the
+    rows' own mean where the whole split's is known."""
+    x_mean = x_train.double().mean(0) if mean is None else mean.double().to(x_train.device)
     centred = x_train.double() - x_mean
-    vectors = torch.linalg.eigh(centred.T @ centred).eigenvectors.flip(1)[:, :k]  # d x d: cheap when n >> d
-    x_hat = x_mean + (x_test.double() - x_mean) @ vectors @ vectors.T
-    return fvu(x_test, x_hat, x_mean)
+    return x_mean, torch.linalg.eigh(centred.T @ centred).eigenvectors.flip(1)[:, :k]  # d x d: cheap when n >> d
+
+
+def pca_reconstruction(x: Tensor, mean: Tensor, vectors: Tensor) -> Tensor:
+    """x projected onto the principal subspace about the mean, in float64."""
+    return mean + (x.double() - mean) @ vectors @ vectors.T
+
+
+def pca_fvu(x_train: Tensor, x_test: Tensor, k: int, mean: Tensor | None = None) -> float:
+    """Test FVU of the projection onto the top-k principal subspace of train: the linear baseline."""
+    x_mean, vectors = principal_subspace(x_train, k, mean)
+    return fvu(x_test, pca_reconstruction(x_test, x_mean, vectors), x_mean)
 
 
 def probe_accuracy(features_train: Tensor, y_train: Tensor, features_test: Tensor, y_test: Tensor,

@@ -126,9 +126,13 @@ class SparseCoder(pl.LightningModule):
         self.log_dict({f"val/{name}": value for name, value in terms.items() if name != "objective"}, sync_dist=True)
         return out
 
+    def parameter_groups(self) -> list[dict]:
+        """Adam's parameter groups; a model whose parameters need their own learning rate splits them."""
+        return [{"params": list(self.parameters())}]
+
     def configure_optimizers(self):
         # fused: one pass per parameter instead of a dozen foreach passes (a 4x shorter Adam step at LM width)
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr, fused=True)
+        optimizer = torch.optim.Adam(self.parameter_groups(), lr=self.lr, fused=True)
         if self.lr_decay == 0:
             return optimizer
         total = self.trainer.estimated_stepping_batches

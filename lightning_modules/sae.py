@@ -192,9 +192,10 @@ class JumpReLUSAE(SparseAutoencoder):
     PARAMETRISATIONS = ("log", "linear")
 
     def __init__(self, *args, threshold: float = 0.1, tau: float = 0.1, estimator: str = "rectangle",
-                 bandwidth: float = 0.05, threshold_param: str = "log", **kwargs):
-        if threshold <= 0 or tau <= 0 or bandwidth <= 0:
-            raise ValueError(f"model.threshold, tau and bandwidth must be > 0, got {threshold}, {tau}, {bandwidth}")
+                 bandwidth: float = 0.05, threshold_param: str = "log", threshold_lr_scale: float = 1.0, **kwargs):
+        if threshold <= 0 or tau <= 0 or bandwidth <= 0 or threshold_lr_scale <= 0:
+            raise ValueError(f"model.threshold, tau, bandwidth and threshold_lr_scale must be > 0, got {threshold}, "
+                             f"{tau}, {bandwidth}, {threshold_lr_scale}")
         if estimator not in self.ESTIMATORS or threshold_param not in self.PARAMETRISATIONS:
             raise ValueError(f"model.estimator must be one of {self.ESTIMATORS} and model.threshold_param one of "
                              f"{self.PARAMETRISATIONS}, got {estimator!r}, {threshold_param!r}")
@@ -205,6 +206,14 @@ class JumpReLUSAE(SparseAutoencoder):
         initial = torch.full((self.hparams.hidden_dim,), float(threshold))
         self.threshold_param = nn.Parameter(initial.log() if threshold_param == "log" else initial)
         self.tau, self.estimator, self.bandwidth, self.parametrisation = tau, estimator, bandwidth, threshold_param
+        self.threshold_lr_scale = threshold_lr_scale
+
+    def parameter_groups(self) -> list[dict]:
+        """theta at ``threshold_lr_scale`` x the learning rate: Adam moves a parameter by about its learning rate
+        a step whatever lambda is, so at lr 1e-3 a run of a few hundred steps moves log theta by a few tenths
+        at most and L0 cannot follow lambda (docs/models.md)."""
+        rest = [p for name, p in self.named_parameters() if name != "threshold_param"]
+        return [{"params": rest}, {"params": [self.threshold_param], "lr": self.lr * self.threshold_lr_scale}]
 
     def theta(self) -> Tensor:
         return self.threshold_param.exp() if self.parametrisation == "log" else self.threshold_param

@@ -67,9 +67,9 @@ def test_splicing_the_activation_back_recovers_everything_and_zeros_nothing(name
     module = site_module_names(model, [1], "resid")
     sequences = tokenize(TEXTS, tokenizer, context_length=16, keep_special_tokens=False)
     mean = torch.randn(model.config.hidden_size)
-    identity = downstream_fidelity(model, module, sequences, lambda x: x, mean, causal=name == "tiny_gpt2")
+    identity = downstream_fidelity(model, module, sequences, {"": lambda x: x}, mean, causal=name == "tiny_gpt2")
     assert identity["downstream_recovered"] == 1.0 and identity["downstream_recovered_mean"] == 1.0
-    zero = downstream_fidelity(model, module, sequences, torch.zeros_like, mean, causal=name == "tiny_gpt2")
+    zero = downstream_fidelity(model, module, sequences, {"": torch.zeros_like}, mean, causal=name == "tiny_gpt2")
     assert zero["downstream_recovered"] == 0.0 and zero["downstream_recovered_mean"] != 0.0
     if name == "tiny_gpt2":
         assert identity["kl_spliced"] == 0.0 and identity["ce_spliced"] == identity["ce_clean"]
@@ -106,9 +106,9 @@ def test_cache_round_trips_bit_exactly_and_is_reused(tmp_path, caplog):
     for split in ("train", "val", "test"):
         direct = list(activation_batches(dm.lm, dm.modules, dm.sequences[split], 2))
         for layer in (1, 2):
-            expected = torch.cat([captured[layer] for _, _, captured in direct]).half().numpy()
+            expected = torch.cat([captured[layer] for _, _, captured, _ in direct]).half().numpy()
             assert np.array_equal(np.concatenate(cache.open(manifest, split, layer)), expected)
-        assert np.array_equal(cache.tokens(manifest, split), torch.cat([ids for _, ids, _ in direct]).numpy())
+        assert np.array_equal(cache.tokens(manifest, split), torch.cat([ids for _, ids, _, _ in direct]).numpy())
     with caplog.at_level(logging.INFO):
         again = small_datamodule(tmp_path)
         again.setup("fit")

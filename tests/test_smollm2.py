@@ -67,8 +67,8 @@ def test_ce_fidelity_on_smollm2(smollm2):
     sequences = tokenize(TEXTS, tokenizer, context_length=24, keep_special_tokens=False)
     assert (sequences.attention_mask == 0).any()  # padding is part of what is checked
     mean = torch.randn(576)
-    identity = downstream_fidelity(model, module, sequences, lambda x: x, mean, causal=True)
-    zero = downstream_fidelity(model, module, sequences, torch.zeros_like, mean, causal=True)
+    identity = downstream_fidelity(model, module, sequences, {"": lambda x: x}, mean, causal=True)
+    zero = downstream_fidelity(model, module, sequences, {"": torch.zeros_like}, mean, causal=True)
     assert CE_KEYS <= set(identity)
     assert identity["ce_loss_recovered"] == 1.0 and identity["ce_loss_recovered_mean"] == 1.0
     assert identity["ce_spliced"] == identity["ce_clean"] and identity["kl_spliced"] == 0.0
