@@ -41,8 +41,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 RESUME_ADVICE = "delete it to start its run over, or resume from another checkpoint with ckpt_path="
 
 
-def check_readable(path: str, advice: str = RESUME_ADVICE) -> None:
-    """Open the checkpoint as a resume would (memory-mapped: no copy of the weights is read)."""
+def check_readable(path: str, advice: str = RESUME_ADVICE) -> dict:
+    """Open the checkpoint as a resume would (memory-mapped: no copy of the weights is read); its state_dict."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
@@ -50,3 +50,20 @@ def check_readable(path: str, advice: str = RESUME_ADVICE) -> None:
     except Exception as error:  # torch raises RuntimeError, EOFError, pickle's and zipfile's errors, ...
         reason = first_line(error).split(". ")[0]
         raise UnreadableCheckpoint(f"checkpoint {path} is truncated or corrupt ({reason}): {advice}") from None
+    return checkpoint["state_dict"]
+
+
+def check_fits(path: str, state_dict: dict, model: torch.nn.Module) -> None:
+    """A checkpoint of another model (another class or width) is refused before the fit opens the run's files."""
+    ours = model.state_dict()
+    missing, unexpected = sorted(ours.keys() - state_dict.keys()), sorted(state_dict.keys() - ours.keys())
+    reshaped = sorted(name for name in ours.keys() & state_dict.keys()
+                      if tuple(ours[name].shape) != tuple(state_dict[name].shape))
+    if missing or unexpected or reshaped:
+        differs = "; ".join(f"{what} {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}" for what, names in
+                            (("lacks", missing), ("has extra", unexpected), ("has other shapes for", reshaped))
+                            if names)
+        shapes = "".join(f" ({name}: {tuple(state_dict[name].shape)} there, {tuple(ours[name].shape)} here)"
+                         for name in reshaped[:1])
+        raise UnreadableCheckpoint(f"checkpoint {path} holds another model than this config builds: it {differs}"
+                                   f"{shapes}; resume with the run's own config, or from its own checkpoint")

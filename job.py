@@ -25,7 +25,7 @@ import config_checks
 from allocator import reuse_freed_memory
 from callbacks.progress import duration
 from callbacks.stopwatch import share_line
-from checkpoint_io import AtomicCheckpointIO, check_readable
+from checkpoint_io import AtomicCheckpointIO, check_fits, check_readable
 from errors import first_line
 from run_folder import checkpoint_to_resume, last_checkpoint, remove_if_empty
 
@@ -66,13 +66,14 @@ def prepare(cfg: DictConfig, run_dir: Path):
         config_checks.check(cfg)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         ckpt_path = checkpoint_to_resume(cfg, run_dir)
-        if ckpt_path:
-            check_readable(ckpt_path)
+        state_dict = check_readable(ckpt_path) if ckpt_path else None
         if cfg.calibrate.target_l0 is not None:
             calibration.check(cfg)
         datamodule = instantiate(cfg.data)
         datamodule.setup("fit")
         model = make_model(cfg)
+        if ckpt_path:
+            check_fits(ckpt_path, state_dict, model)
     except CONFIG_ERRORS as error:
         if rank_zero_only.rank == 0:
             remove_if_empty(run_dir)

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from activations.cache import ActivationCache
 from activations.language_model import is_causal
 from analysis.features_page import render
+from analysis.runs import against_pca, left_out_note
 from analysis.stamp import stamp_line
 from analysis.trained import run_config, trained_model
 from errors import first_line
@@ -196,9 +197,9 @@ def browse(cfg: DictConfig) -> Path:
 
     out = Path(cfg.out) if cfg.out else run_dir / "features"
     out.mkdir(parents=True, exist_ok=True)
-    page = {"run": str(run_dir), "model": data.model_name, "layer": data.layer, "split": cfg.split,
+    page = {"run": run_dir.name, "model": data.model_name, "layer": data.layer, "split": cfg.split,
             "tokens": tops.tokens, "latents": latents, "top": cfg.top, "window": cfg.window,
-            "logit_effect": logit_note, "stamp": stamp_line(),
+            "logit_effect": logit_note, "stamp": stamp_line(), "fidelity": fidelity_line(run_dir),
             "reason_score": {"words": {name: [data.tokenizer.decode(ids) for ids in variants]
                                        for name, variants in groups.items()},
                              "alpha": cfg.alpha, "window": "1 token before, 2 after each matched token"},
@@ -213,12 +214,25 @@ def browse(cfg: DictConfig) -> Path:
     return out
 
 
+def fidelity_line(run_dir: Path) -> str:
+    """What the SAE's code is worth beside the PCA of the same L0, from the run's metrics.json."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    if "pca_fvu_at_l0" not in metrics:
+        return "no PCA baseline in this run's metrics (trained before it was measured)"
+    return (f"test L0 {metrics['l0_test']:.1f}; explained variance {metrics['explained_variance']:.3f} "
+            f"(PCA with {metrics['pca_k_at_l0']:.0f} components: {metrics['pca_explained_variance_at_l0']:.3f}); "
+            f"downstream recovered {metrics['downstream_recovered']:.3f} ± {metrics['downstream_recovered_se']:.3f} "
+            f"(PCA: {metrics['pca_downstream_recovered_at_l0']:.3f}); beats its PCA: {against_pca(metrics)}; "
+            f"{left_out_note(metrics)}")
+
+
 def reason_table(page: dict, rows: int = 20) -> str:
     """The page's latents with the highest ReasonScore, each with the token it fires most on."""
     cards = sorted(page["features"], key=lambda card: -card["reason_score"])[:rows]
     lines = [f"# ReasonScore: the top latents of {page['run']}", "",
              f"{page['model']} layer {page['layer']}, {page['tokens']} {page['split']} tokens; ReasonScore as "
              f"docs/features.md defines it (alpha {page['reason_score']['alpha']}).", "",
+             f"The SAE: {page['fidelity']}.", "",
              "| latent | ReasonScore | density | max activation | its top token |", "|---|---|---|---|---|"]
     for card in cards:
         first = card["contexts"][0] if card["contexts"] else None

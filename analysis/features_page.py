@@ -113,7 +113,8 @@ def render(page: dict) -> str:
 <body>
 <div id="side"><header><h1>{title}</h1>
 <div class="note">{html.escape(page['run'])}: {page['tokens']} {page['split']} tokens, {page['latents']} latents.
-ReasonScore: the reasoning words' windows against the rest (docs/features.md).<br>{html.escape(page['stamp'])}</div>
+ReasonScore: the reasoning words' windows against the rest (docs/features.md).<br>
+The SAE: {html.escape(page.get('fidelity', ''))}.<br>{html.escape(page['stamp'])}</div>
 <form onsubmit="find(event)"><label>latent <input id="find" type="number" min="0" max="{page['latents'] - 1}"></label>
 <button>show</button></form></header>
 <div id="list"><table id="index"><thead><tr><th onclick="sortBy('index')">latent</th>

@@ -14,12 +14,14 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from analysis.runs import architecture, column, group, load_runs, markdown_table, mean_std, seeds_note
+from analysis.runs import (against_pca, architecture, column, group, left_out_note, load_runs, markdown_table, mean_std,
+                           seeds_note)
 from analysis.stamp import stamp_line
 from evaluation.linear_fits import pca_fvu
 from evaluation.plots import density_histogram, publish, save_figure
 
-COLUMNS = ["l0", "fvu", "explained_variance", "downstream_recovered", "downstream_recovered_mean", "dead_fraction",
+COLUMNS = ["l0_test", "fvu", "pca_fvu_at_l0", "explained_variance", "downstream_recovered", "downstream_recovered_se",
+           "pca_downstream_recovered_at_l0", "beats_pca", "downstream_recovered_mean", "dead_fraction",
            "dense_fraction", "fvu_affine"]
 PER_LAYER = {  # metric -> y label, with its unit
     "fvu": "FVU on test",
@@ -105,13 +107,17 @@ def pareto_figure(groups: dict, curves: dict):
         by_arch[f"L{layer} {arch}"].append(runs)
     for name, groups_of_runs in by_arch.items():
         for ax, metric in ((fvu_ax, "fvu"), (down_ax, "downstream_recovered")):
-            points = sorted((mean_std(column(runs, "l0")), mean_std(column(runs, metric))) for runs in groups_of_runs
+            points = sorted((mean_std(column(runs, "l0_test")), mean_std(column(runs, metric))) for runs in groups_of_runs
                             if column(runs, metric))
             if points:
                 ax.errorbar([l0[0] for l0, _ in points], [m[0] for _, m in points], xerr=[l0[1] for l0, _ in points],
                             yerr=[m[1] for _, m in points], marker="o", capsize=2, label=name)
     for layer, (ks, fvus) in curves.items():
         fvu_ax.plot(ks, fvus, "k--", lw=1, label=f"L{layer} PCA, k components")
+    baseline = [(run.metrics["l0_test"], run.metrics["pca_downstream_recovered_at_l0"]) for runs in groups.values()
+                for run in runs if "pca_downstream_recovered_at_l0" in run.metrics]
+    if baseline:
+        down_ax.scatter(*zip(*baseline), marker="x", color="black", s=18, zorder=3, label="PCA at the run's L0")
     fvu_ax.axhline(1.0, color="grey", ls=":", lw=1, label="predict the train mean")
     fvu_ax.set(xscale="log", xlabel="L0 (active latents per token)", ylabel="FVU on test",
                title="Reconstruction vs sparsity")
@@ -130,13 +136,17 @@ def main(cfg: DictConfig) -> None:
     runs = load_runs(cfg.dir, kind=("a run on LM activations", lambda run: "layer" in run.config["data"]))
     groups = groups_of(runs)
     curves = pca_curves(runs)
-    rows = {f"L{layer} {arch} ({knob:g})": [run.metrics for run in group] for (layer, arch, knob), group in
-            groups.items()}
+    rows = {f"L{layer} {arch} ({knob:g})": [run.metrics | {"beats_pca": against_pca(run.metrics)} for run in group]
+            for (layer, arch, knob), group in groups.items()}
     ks = next(iter(curves.values()))[0]  # the same grid for every layer: one width
     pca_rows = ["| layer | " + " | ".join(f"k={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
     pca_rows += [f"| {layer} | " + " | ".join(f"{v:.3g}" for v in fvus) + " |" for layer, (_, fvus) in curves.items()]
-    text = (f"# SAEs on LM activations (test tokens; mean ± std over seeds, {seeds_note(groups)})\n\n"
-            + markdown_table(rows, COLUMNS)
+    text = (f"# SAEs on LM activations (mean ± std over seeds, {seeds_note(groups)})\n\n"
+            f"Test tokens, less those the norm rule left out ({left_out_note(runs[0].metrics)}); dead and dense fractions on "
+            f"validation tokens. `pca_*_at_l0`: a PCA fitted on train with as many components as the run's test L0, "
+            f"its FVU and downstream recovered through the same splice; `beats_pca` says whether the SAE beats it "
+            f"in both, or what it loses. `downstream_recovered_se`: the jackknife standard error over test windows."
+            f"\n\n" + markdown_table(rows, COLUMNS)
             + "\n## PCA baseline: test FVU with k principal components of train\n\n" + "\n".join(pca_rows) + "\n")
     out = Path(cfg.out) if cfg.get("out") else Path(cfg.dir) / "analysis"
     if cfg.get("out"):

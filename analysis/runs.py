@@ -37,6 +37,8 @@ def read_run(path: Path, needs: tuple[str, ...], kind: tuple[str, Callable] | No
     """The run in ``path``, or why the command cannot use it."""
     try:
         metrics = json.loads((path / "metrics.json").read_text())
+    except FileNotFoundError:
+        return "no metrics.json"
     except json.JSONDecodeError:
         return "metrics.json is not JSON"
     if metrics.get("status") != "finished":
@@ -62,12 +64,15 @@ def load_runs(directory: str | None, needs: tuple[str, ...] = (), kind: tuple[st
     if not root.is_dir():
         sys.exit(f"error: dir={directory} is not a folder")
     runs, skipped = [], []
-    for metrics_file in sorted(root.glob("**/metrics.json")):
-        run = read_run(metrics_file.parent, needs, kind)
+    # a run folder: one with its metrics, or one Hydra started (whose metrics.json may be gone)
+    folders = {path.parent for path in root.glob("**/metrics.json")}
+    folders |= {path.parent.parent for path in root.glob("**/.hydra/hydra.yaml")}
+    for folder in sorted(folders):
+        run = read_run(folder, needs, kind)
         if isinstance(run, Run):
             runs.append(run)
         else:
-            skipped.append(f"skipped {metrics_file.parent}: {run}")
+            skipped.append(f"skipped {folder}: {run}")
     for line in skipped:
         print(line, file=sys.stderr)
     if not runs:
@@ -124,11 +129,38 @@ def format_mean_std(values: list[float]) -> str:
     return f"{mean:.4g} ± {std:.2g}" if len(values) > 1 else f"{mean:.4g}"
 
 
+def against_pca(metrics: dict) -> str:
+    """Whether an LM run's SAE beats the PCA of its own L0 (``pca_*_at_l0``) in FVU and in downstream
+    recovered: "yes", "no (FVU, CE)" naming what it loses, or "–" for a run without the baseline."""
+    if "pca_fvu_at_l0" not in metrics:
+        return "–"
+    lost = [name for name, ours, pca in (("FVU", -metrics["fvu"], -metrics["pca_fvu_at_l0"]),
+                                          ("CE", metrics.get("downstream_recovered"),
+                                           metrics.get("pca_downstream_recovered_at_l0")))
+            if isinstance(ours, (int, float)) and isinstance(pca, (int, float)) and ours <= pca]
+    return f"no ({', '.join(lost)})" if lost else "yes"
+
+
+def left_out_note(metrics: dict) -> str:
+    """The norm rule as a run applied it, and the tokens it left out of each split."""
+    summary = metrics.get("left_out_tokens")
+    if not summary or summary.get("max_norm_ratio") is None:
+        return "no norm rule: every token kept"
+    removed = ", ".join(f"{n} {split}" for split, n in summary["removed"].items())
+    return f"norm above {summary['max_norm_ratio']:g}x the median, cap {summary['norm_cap']:.4g}: {removed}"
+
+
+def cell(values: list) -> str:
+    """Mean ± std of the numbers; text (a verdict) shown as it is, each distinct value once."""
+    if values and all(isinstance(value, str) for value in values):
+        return ", ".join(dict.fromkeys(values))
+    return format_mean_std([value for value in values if isinstance(value, (int, float))] or [np.nan])
+
+
 def markdown_table(groups: dict[str, list[dict]], columns: list[str]) -> str:
     """One row per group, each cell mean ± std over the group's runs (seeds); n counts the runs."""
     lines = ["| run | n | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
     for name, metrics in groups.items():
-        cells = [format_mean_std([m[c] for m in metrics if isinstance(m.get(c), (int, float))] or [np.nan])
-                 for c in columns]
+        cells = [cell([m[c] for m in metrics if c in m]) for c in columns]
         lines.append(f"| {name} | {len(metrics)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

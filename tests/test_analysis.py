@@ -52,9 +52,15 @@ def test_a_run_that_did_not_finish_is_skipped_and_listed(sweep, tmp_path):
     set_metrics(folder / "0-killed", status="running", epoch=3, seed=0)
     shutil.copytree(folder / "1", folder / "1-torn")
     (folder / "1-torn" / "metrics.json").write_text('{"status": "fini')
+    shutil.copytree(folder / "0", folder / "0-no-metrics")
+    (folder / "0-no-metrics" / "metrics.json").unlink()
     result = run_cli("-m", "analysis.ablation", f"dir={folder}")
     assert f"skipped {folder / '0-killed'}: status running (epoch 3)" in result.stderr
     assert f"skipped {folder / '1-torn'}: metrics.json is not JSON" in result.stderr
+    assert f"skipped {folder / '0-no-metrics'}: no metrics.json" in result.stderr
+    for command in ("analysis.time", "analysis.defaults"):  # every analysis names what it did not use
+        assert f"skipped {folder / '0-no-metrics'}: no metrics.json" in run_cli("-m", command, f"dir={folder}",
+                                                                                  check=False).stderr
     table = (folder / "analysis" / "ablation.md").read_text()
     assert "| A: lse | 1 |" in table and "| C: lse+var+tc | 1 |" in table  # n = 1: not averaged with it
 

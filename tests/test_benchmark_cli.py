@@ -54,6 +54,17 @@ def test_calibration_lands_near_the_target_l0(tmp_path):
     assert metrics["calibration_lambda"] in [lam for lam, _ in metrics["calibration_grid"]]
 
 
+def test_a_jumprelu_s_l0_follows_lambda_and_the_calibration_lands_within_10_percent(tmp_path):
+    """theta learns at model.threshold_lr_scale x lr; at 1x this grid sat at L0 17.5 for lambda 1 and 10 and the
+    run ended at 13.7."""
+    run_cli("train.py", "model=jumprelu", "calibrate.target_l0=10", "trainer.max_epochs=2", "logger=csv",
+            "callbacks.unit_metrics.figures=false", "callbacks.final_evaluation.probe=false", f"hydra.run.dir={tmp_path}")
+    metrics = read_metrics(tmp_path)
+    assert abs(metrics["l0"] - 10) <= 1.0, metrics["l0"]
+    l0_by_lambda = dict(metrics["calibration_grid"])
+    assert l0_by_lambda[10] < l0_by_lambda[1] < 0.25 * l0_by_lambda[0.0001], l0_by_lambda
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["model=sae", "calibrate.target_l0=0"], "calibrate.target_l0 must be in (0, model.hidden_dim=64]"),
     (["model=sae", "calibrate.target_l0=65"], "calibrate.target_l0 must be in"),

@@ -67,6 +67,23 @@ def test_a_resume_never_rewrites_a_finished_run(unbroken, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_checkpoint_of_another_model_is_one_line_and_the_finished_run_is_untouched(unbroken, tmp_path):
+    run_cli("train.py", *ARGS, "model=sae", f"hydra.run.dir={tmp_path / 'sae'}")
+    foreign = unbroken / "checkpoints" / "sae.ckpt"
+    foreign.write_bytes((tmp_path / "sae" / "checkpoints" / "last.ckpt").read_bytes())
+    try:
+        before = files_of(unbroken)
+        result = run_cli("train.py", *ARGS, "trainer.max_epochs=9", f"ckpt_path={foreign}", check=False, cwd=tmp_path)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        line = result.stderr.strip().splitlines()[-1]
+        assert line.startswith(f"error: checkpoint {foreign} holds another model than this config builds: it "), line
+        after = files_of(unbroken)  # metrics.json, history, checkpoints: not a byte rewritten (the log says why)
+        assert {p: data for p, data in after.items() if p.name != "train.log"} == \
+               {p: data for p, data in before.items() if p.name != "train.log"}
+    finally:
+        foreign.unlink()
+
+
 def test_ckpt_path_to_a_file_that_is_not_a_runs_checkpoint_writes_nothing_anywhere(tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "weights.ckpt").write_text("not a checkpoint")

@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import read_metrics, run_cli
@@ -19,7 +20,8 @@ TEXTS = ["The tutorial introduces the basic concepts of the language informally.
          "A module is a file containing definitions and statements; its name is the file name with the suffix .py "
          "appended, and within a module its name is available as the value of the global variable __name__.",
          "Exceptions are raised when an error occurs, and handled by try statements."]
-SMALL_RUN = ["experiment=reasoning_features_small", "data.max_tokens={train:1500,val:400,test:400}",
+# 8,000 train tokens hold three attention-sink tokens above the norm rule's cap (norm ~23,000, median ~200)
+SMALL_RUN = ["experiment=reasoning_features_small", "data.max_tokens={train:8000,val:400,test:400}",
              "model.hidden_dim=64", "data.batch_size=256", "trainer.max_epochs=1", "logger=csv",
              "data.progress=false", "callbacks.unit_metrics.figures=false",
              "callbacks.downstream_fidelity.max_sequences=4"]
@@ -96,7 +98,36 @@ def test_the_recipe_runs_on_layer_18_and_measures_ce_recovered(small_run):
     [cache] = (small_run / "cache").iterdir()
     assert cache.name.startswith("smollm2-resid-L18-")
     key = json.loads((cache / "manifest.json").read_text())["key"]
-    assert key["tokenizer"] and key["model"] == "smollm2"
+    assert key["tokenizer"] and key["model"] == "smollm2" and key["max_norm_ratio"] == 10
+
+
+def test_with_the_norm_rule_no_train_token_is_above_the_cap_and_the_pca_baseline_is_the_direct_one(small_run):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from evaluation.linear_fits import pca_fvu
+
+    metrics = read_metrics(small_run / "run")
+    left_out = metrics["left_out_tokens"]
+    assert left_out["max_norm_ratio"] == 10 and left_out["removed"]["train"] >= 1
+    assert all(token["norm"] > left_out["norm_cap"] for token in left_out["largest"])
+    cfg = OmegaConf.load(small_run / "run" / "config_resolved.yaml")
+    datamodule = instantiate(cfg.data, cache_dir=str(small_run / "cache"), progress=False)
+    datamodule.setup("fit")
+    [cache] = (small_run / "cache").iterdir()
+    manifest = json.loads((cache / "manifest.json").read_text())
+    shards = [np.load(path).astype(np.float64) for path in sorted((cache / "train").glob("L18-*.npy"))]
+    assert sum(len(shard) for shard in shards) == sum(s["rows"] for s in manifest["splits"]["train"]["shards"])
+    assert max(np.linalg.norm(shard, axis=1).max() for shard in shards) <= datamodule.norm_caps[18]
+    assert datamodule.norm_caps[18] == pytest.approx(left_out["norm_cap"], abs=0.01)
+    (x_train, _), (x_test, _) = datamodule.splits["train"], datamodule.splits["test"]
+    k = round(metrics["l0_test"])
+    assert metrics["pca_k_at_l0"] == k
+    direct = pca_fvu(x_train, x_test, k, mean=datamodule.train_mean)
+    assert metrics["pca_fvu_at_l0"] == pytest.approx(direct, rel=1e-5)
+    assert metrics["pca_explained_variance_at_l0"] == pytest.approx(1 - direct, rel=1e-5)
+    assert 0 < metrics["pca_ce_loss_recovered_at_l0"] < 1 and 0 < metrics["ce_loss_recovered_se"] < 0.5
+    assert metrics["downstream_windows"] == 4  # callbacks.downstream_fidelity.max_sequences=4
 
 
 def test_export_names_the_llama_hook_and_reconstructs_like_the_run(small_run, tmp_path):
