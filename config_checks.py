@@ -2,6 +2,7 @@
 constructor it goes to cannot take (by that constructor's own annotations), a missing or non-finite value,
 and combinations that would train forever or on a device that is not there."""
 import math
+import os
 import types
 import typing
 
@@ -30,6 +31,7 @@ def check(cfg: DictConfig) -> None:
     check_constructor_types(cfg, values)
     check_limits(cfg.trainer)
     check_device(cfg.trainer)
+    check_threads(cfg.get("torch_threads"))
 
 
 def leaves(tree, prefix: str):
@@ -97,3 +99,15 @@ def check_device(trainer: DictConfig) -> None:
     if trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ValueError(f"trainer.accelerator={trainer.accelerator} but torch sees no CUDA GPU here: add "
                          f"trainer.accelerator=cpu (with trainer.devices=<processes> for DDP on CPU)")
+    on_cpu = trainer.get("accelerator") == "cpu" or not torch.cuda.is_available()
+    if on_cpu and str(trainer.get("precision")).startswith("16"):  # Lightning would warn and record it anyway
+        raise ValueError(f"trainer.precision={trainer.precision} is float16, which needs a GPU: on CPU use "
+                         f"bf16-mixed or 32")
+
+
+def check_threads(threads: int | None) -> None:
+    """More intra-op threads than cores make every matmul wait on the others (30x slower, measured)."""
+    cores = len(os.sched_getaffinity(0))
+    if threads and threads > cores:
+        raise ValueError(f"torch_threads={threads} is above this machine's {cores} cores: use at most {cores} "
+                         f"(null: torch's default)")

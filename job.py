@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -59,6 +60,26 @@ def make_model(cfg: DictConfig):
     return build(loss=instantiate(cfg.loss)) if cfg.get("loss") else build()
 
 
+def make_model_within_memory(cfg: DictConfig):
+    """The model, if its training state fits: on CPU, weights, gradients and Adam's two moments (4x the
+    weights) against the memory available now; a model whose weights alone cannot be allocated says so too."""
+    try:
+        model = make_model(cfg)
+    except RuntimeError as error:  # torch's allocator: "DefaultCPUAllocator: can't allocate memory: ..."
+        if "allocate" not in str(error):
+            raise
+        raise ValueError(f"the model does not fit in memory ({first_line(error).split(': ', 1)[-1][:160]}): "
+                         f"lower model.hidden_dim") from None
+    on_cpu = cfg.trainer.get("accelerator") == "cpu" or not torch.cuda.is_available()
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    available = psutil.virtual_memory().available
+    if on_cpu and 4 * weights > available:
+        raise ValueError(f"the model's training state needs {4 * weights / 2**30:.1f} GiB (weights, gradients and "
+                         f"Adam's two moments: 4 x {weights / 2**30:.1f} GiB) and {available / 2**30:.1f} GiB is "
+                         f"available: lower model.hidden_dim")
+    return model
+
+
 def prepare(cfg: DictConfig, run_dir: Path):
     """The data, the model and the checkpoint to resume from, after every check that can reject them: a
     rejection is one line, and leaves no empty run folder behind."""
@@ -71,7 +92,7 @@ def prepare(cfg: DictConfig, run_dir: Path):
             calibration.check(cfg)
         datamodule = instantiate(cfg.data)
         datamodule.setup("fit")
-        model = make_model(cfg)
+        model = make_model_within_memory(cfg)
         if ckpt_path:
             check_fits(ckpt_path, state_dict, model)
     except CONFIG_ERRORS as error:
@@ -134,13 +155,13 @@ def make_trainer(cfg: DictConfig, callbacks: list[pl.Callback], logger) -> pl.Tr
 
 
 def diverged(error: Exception, run_dir: Path) -> None:
-    """A non-finite loss ends a single run with one line; in a sweep, a diverged configuration is a result
-    of the sweep, not its end: the line is printed and the next job goes on."""
+    """A non-finite loss ends a single run with one line; in a sweep it fails that job like any other error
+    (its status says failed): the next jobs go on, and the sweep ends naming it among the failed jobs."""
     last = last_checkpoint(run_dir)
     message = f"error: {error}" + (f"; the last good checkpoint is {last}" if last.is_file() else "")
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         sys.exit(message)
-    print(message, file=sys.stderr)
+    raise RunError(message)
 
 
 def close(logger) -> None:
@@ -173,7 +194,7 @@ def peak_resident_gib() -> float:
 
 
 def finish(trainer: pl.Trainer, callbacks: dict[str, pl.Callback], run_dir: Path, job_start: float,
-           fit_end: float, first_job: bool) -> dict:
+           fit_end: float) -> dict:
     """``finished`` in metrics.json, last, with every read-out, the test and the wall time by phase
     (callbacks/stopwatch.py) in; a run killed before this line resumes and completes them."""
     if not trainer.is_global_zero:
@@ -181,7 +202,7 @@ def finish(trainer: pl.Trainer, callbacks: dict[str, pl.Callback], run_dir: Path
     report_end(trainer, run_dir, fit_end - job_start)
     stopwatch, values = callbacks.get("stopwatch"), {}
     if stopwatch is not None and "train_end" in stopwatch.marks:
-        values["time"] = stopwatch.shares(job_start, fit_end, time.time(), first_job)
+        values["time"] = stopwatch.shares(job_start, fit_end, time.time())
     # the process's high-water mark: in a sweep that runs its jobs in one process, the largest job's so far
     values["peak_rss_gb"] = round(peak_resident_gib(), 3)
     if hasattr(trainer.datamodule, "left_out_summary"):  # LM activations: what the norm rule removed

@@ -39,7 +39,12 @@ def first_config_only(output_dir: str) -> str | None:
 
 def read_metrics(run_dir: Path) -> dict:
     path = run_dir / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not JSON ({error}): it was damaged after the run wrote it (the run writes it "
+                         f"whole); delete it, and the same command resumes the run from its last checkpoint and "
+                         f"writes it again") from None
 
 
 def finished(run_dir: Path) -> bool:

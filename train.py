@@ -3,12 +3,16 @@
     python train.py                                   # conf/train.yaml defaults
     python train.py -m loss=lse,lse_var,lse_var_tc,var_tc seed=0,1,2
 """
-import logging
-import os
-import sys
 import time
-import warnings
-from pathlib import Path
+
+INTERPRETER_START = time.time()  # before the imports, which a run's start-up share includes: a shell that execs
+# this interpreter (bash -c "...; exec python train.py") keeps its own process start, which is not the run's
+
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -28,18 +32,24 @@ log = logging.getLogger("train")
 os.environ.setdefault("WANDB_SILENT", "true")
 warnings.filterwarnings("ignore", message=r".*`srun` command is available on your system")  # local runs on a SLURM host
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning's own deprecation
+# a short run (a capped LM run, a test) logs at its last step anyway (lightning_modules/base.py)
+warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval")
 logging.captureWarnings(True)  # the warnings that remain go to train.log too
 
 
 def train(cfg: DictConfig) -> dict | None:
     """Build, fit (and test, with ``test=true``) and return the final metrics; None when the run had already
-    finished, or diverged in a sweep (a line says so)."""
+    finished."""
     run_dir = Path(cfg.paths.output_dir)
     # a requeued job that had finished, a re-run command, a resume that would train nothing more
-    if finished(run_dir) and not (cfg.ckpt_path and trains_further(cfg, run_dir)):
+    try:
+        done = finished(run_dir) and not (cfg.ckpt_path and trains_further(cfg, run_dir))
+    except ValueError as error:  # a damaged metrics.json
+        raise job.RunError(f"error: {first_line(error)}") from None
+    if done:
         log.info("already finished: %s (nothing changed)", run_dir)
         return None
-    started, first_job = time.time(), next(job.JOBS_IN_PROCESS) == 0
+    started = INTERPRETER_START if next(job.JOBS_IN_PROCESS) == 0 else time.time()
     job.set_up_process(cfg)
     datamodule, model, ckpt_path = job.prepare(cfg, run_dir)
     cfg, model, calibrated = job.calibrate_if_asked(cfg, datamodule, model)
@@ -53,7 +63,6 @@ def train(cfg: DictConfig) -> dict | None:
             trainer.test(model, datamodule=datamodule, ckpt_path="best" if trainer.checkpoint_callback else None)
     except NonFiniteLossError as error:
         job.diverged(error, run_dir)
-        return None
     except OSError as error:  # a checkpoint or file the disk refused (checkpoint_io.py): the run resumes later
         raise job.RunError(f"error: {first_line(error)}") from None
     except SystemExit:  # stopped by SLURM (callbacks/resume.py): it resumes later; W&B's service got the signal too
@@ -61,7 +70,7 @@ def train(cfg: DictConfig) -> dict | None:
         raise
     finally:
         job.close(logger)
-    return job.finish(trainer, callbacks, run_dir, started, time.time(), first_job)
+    return job.finish(trainer, callbacks, run_dir, started, time.time())
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

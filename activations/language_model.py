@@ -179,6 +179,9 @@ def skeleton(config) -> nn.Module:
 def load(name: str, dtype: str = "float32", device: str = "cpu"):
     """(model, tokenizer), in eval mode: a causal LM with its head when the checkpoint has one."""
     from transformers import AutoModel, AutoModelForCausalLM
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # a bar per load; the run's own lines say what it does
 
     config, path = load_config(name), model_path(name)
     auto = AutoModelForCausalLM if is_causal(config) else AutoModel

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from analysis.runs import load_runs
 from analysis.stamp import stamp_line
 from lightning_modules.losses import LOSS_TERMS
+from runtime.files import write_whole
 
 
 def sparsity(config: dict) -> str:
@@ -47,7 +48,7 @@ def main(cfg: DictConfig) -> None:
     if cfg.get("out"):
         text += f"\n{stamp_line()} Runs: {Path(cfg.dir).resolve()}.\n"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "model_defaults.md").write_text(text)
+    write_whole(out / "model_defaults.md", text)
     print(f"wrote {out / 'model_defaults.md'}")
     print(text)
 

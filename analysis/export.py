@@ -10,7 +10,9 @@ and the JumpReLU threshold (exact, since relu and the threshold commute with pos
 TopK only when all norms are equal, which keeps the ranking). The decoder-free encoder has no
 decoder to export: its implicit one is fitted on data at evaluation.
 """
+import importlib.metadata
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -18,12 +20,21 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from activations.language_model import hub_id
+from activations.language_model import PACKAGED, hub_id
 from lightning_modules.sae import SparseAutoencoder
 from analysis.trained import trained_model
 from run_folder import LAST_CHECKPOINT
+from runtime.files import write_whole, written_whole
 
-SAELENS_FORMAT_VERSION = "6.0.0"  # the cfg.json layout of SAELens 6 (metadata nested)
+SAELENS_FORMAT_VERSION = "6.0.0"  # the cfg.json layout of SAELens 6 (metadata nested), where SAELens is not installed
+
+
+def sae_lens_version() -> str:
+    """The installed SAELens's version, which wrote nothing here but whose layout this is; else the layout's."""
+    try:
+        return importlib.metadata.version("sae-lens")
+    except importlib.metadata.PackageNotFoundError:
+        return SAELENS_FORMAT_VERSION
 
 
 def saelens_tensors(model: SparseAutoencoder) -> dict[str, torch.Tensor]:
@@ -49,16 +60,27 @@ def saelens_config(model: SparseAutoencoder, cfg: dict, hook_name: str | None, c
     data = cfg["data"]
     config = {"architecture": architecture, "d_in": model.hparams.input_dim, "d_sae": model.hparams.hidden_dim,
               "dtype": "float32", "apply_b_dec_to_input": True, "normalize_activations": "none",
-              "metadata": {"sae_lens_version": SAELENS_FORMAT_VERSION, "model_name": hub_id(data.get("model")),
+              "metadata": {"sae_lens_version": sae_lens_version(), "model_name": hub_id(data.get("model")),
                            "hook_name": hook_name, "hook_layer": data.get("layer"),
                            "context_size": data.get("context_length"), "dataset_path": data.get("corpus"),
                            "exclude_special_tokens": not data.get("keep_special_tokens", True),
                            "exported_from": "encoder-study"}}
+    packaged = PACKAGED.get(data.get("model"))
+    if packaged is not None and packaged.gguf_file:  # trained on other weights than the hub's release
+        config["metadata"]["model_weights"] = (f"{packaged.gguf_file} from the {packaged.package} package, "
+                                               f"dequantised to float32: not the hub release {packaged.hub_id} "
+                                               f"that model_name names, whose activations differ slightly")
     if causal:  # SAELens loads it from the hub with transformers and hooks its modules by name
         config["metadata"] |= {"model_class_name": "AutoModelForCausalLM", "prepend_bos": False}
     if architecture == "topk":
         config["k"] = model.k
     return config
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def hooked_module(data: dict) -> tuple[str | None, bool]:
@@ -81,9 +103,11 @@ def export(run_dir: Path, out: Path, checkpoint: str = LAST_CHECKPOINT) -> Path:
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
-    save_file(saelens_tensors(model), out / "sae_weights.safetensors")
+    with written_whole(out / "sae_weights.safetensors") as partial:
+        save_file(saelens_tensors(model), partial)
+        partial.chmod(0o666 & ~current_umask())  # as the config beside it, not safetensors' private 0600
     config = saelens_config(model, OmegaConf.to_container(cfg), *hooked_module(OmegaConf.to_container(cfg.data)))
-    (out / "cfg.json").write_text(json.dumps(config, indent=2))
+    write_whole(out / "cfg.json", json.dumps(config, indent=2))
     return out
 
 

@@ -31,6 +31,7 @@ from analysis.trained import run_config, trained_model
 from errors import first_line
 from evaluation.features import Histograms, TopActivations, activations_at, stream_codes
 from evaluation.reason_score import ReasonSums, reason_score, windows, word_groups
+from runtime.files import write_whole
 
 LOGIT_ROWS = 10  # promoted and suppressed tokens shown per latent, as SAE-Dashboard shows them
 
@@ -204,9 +205,9 @@ def browse(cfg: DictConfig) -> Path:
                                        for name, variants in groups.items()},
                              "alpha": cfg.alpha, "window": "1 token before, 2 after each matched token"},
             "vocab": vocab, "features": cards}
-    (out / "features.json").write_text(json.dumps(page))
-    (out / "index.html").write_text(render(page))
-    (out / "reason_score.md").write_text(reason_table(page))
+    write_whole(out / "features.json", json.dumps(page))
+    write_whole(out / "index.html", render(page))
+    write_whole(out / "reason_score.md", reason_table(page))
     seconds = time.time() - started
     print(f"wrote {out / 'index.html'}, features.json and reason_score.md: {len(chosen)} of {latents} latents over "
           f"{tops.tokens} {cfg.split} tokens in {seconds:.0f} s")

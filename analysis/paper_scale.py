@@ -21,6 +21,7 @@ from hydra import compose, initialize_config_dir
 
 from analysis.runs import Run, read_run
 from analysis.stamp import stamp_line
+from runtime.files import write_whole
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 H100_SXM_TFLOPS = {"FP32": 67, "TF32": 495, "BF16": 989}  # NVIDIA's H100 datasheet, dense
@@ -149,7 +150,7 @@ def main(args: list[str]) -> None:
     if "out" in options:
         path = Path(options["out"])
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + f"\n{stamp_line()}\n")
+        write_whole(path, text + f"\n{stamp_line()}\n")
         print(f"wrote {path}")
     print(text)
 

@@ -45,14 +45,23 @@ def curve(run) -> list[tuple[int, float, float]]:
 
 def row(run) -> dict:
     metrics, time = run.metrics, run.metrics.get("time", {})
-    return {"lr": run.config["model"]["lr"], "epochs": metrics["epoch"],
+    return {"lr": run.config["model"]["lr"], "epochs": metrics["epoch"], "model": run.choices["model"],
+            "sparsity": sparsity_of(run),
             "tokens": metrics["global_step"] * run.config["data"]["batch_size"], "l0_test": metrics["l0_test"],
             "explained_variance": metrics["explained_variance"], "ce_loss_recovered": metrics.get("ce_loss_recovered"),
             "ce_loss_recovered_se": metrics.get("ce_loss_recovered_se"),
             "pca_explained_variance": metrics.get("pca_explained_variance_at_l0"),
             "pca_ce_loss_recovered": metrics.get("pca_ce_loss_recovered_at_l0"),
-            "beats_pca": against_pca(metrics),
+            "beats_pca": against_pca(metrics), "dead_fraction": metrics["dead_fraction"],
             "training_minutes": sum(time.get(phase, 0.0) for phase in TRAINING_PHASES) / 60}
+
+
+def sparsity_of(run) -> str:
+    """The run's sparsity knob as the table shows it: lambda of its sparsity term, or k."""
+    if "k" in run.config["model"]:
+        return f"k {run.config['model']['k']}"
+    weights = run.config["loss"]["weights"]
+    return ", ".join(f"λ {weights[name]:g}" for name in ("l1_decnorm", "l1", "l0") if name in weights) or "–"
 
 
 def verdict(r: dict) -> str:
@@ -71,13 +80,15 @@ def number(value: float | None, se: float | None = None) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| lr | epochs | tokens | L0 (test) | explained variance (test) | PCA at L0 | CE loss recovered ± SE | "
-             "PCA at L0 | beats PCA | training min | targets |", "|---" * 11 + "|"]
+    lines = ["| model | sparsity | lr | epochs | tokens | L0 (test) | explained variance (test) | PCA at L0 | "
+             "CE loss recovered ± SE | PCA at L0 | beats PCA | dead | training min | targets |", "|---" * 14 + "|"]
     for r in rows:
-        lines.append(f"| {r['lr']:g} | {r['epochs']} | {r['tokens']:,} | {r['l0_test']:.1f} | "
+        lines.append(f"| {r['model']} | {r['sparsity']} | {r['lr']:g} | {r['epochs']} | {r['tokens']:,} | "
+                     f"{r['l0_test']:.1f} | "
                      f"{r['explained_variance']:.3f} | {number(r['pca_explained_variance'])} | "
                      f"{number(r['ce_loss_recovered'], r['ce_loss_recovered_se'])} | "
-                     f"{number(r['pca_ce_loss_recovered'])} | {r['beats_pca']} | {r['training_minutes']:.1f} | "
+                     f"{number(r['pca_ce_loss_recovered'])} | {r['beats_pca']} | {r['dead_fraction']:.1%} | "
+                     f"{r['training_minutes']:.1f} | "
                      f"{verdict(r)} |")
     return "\n".join(lines) + "\n"
 
@@ -103,9 +114,9 @@ def main(cfg: DictConfig) -> None:
     runs = load_runs(cfg.dir, needs=("history.jsonl",),
                      kind=("an SAE on LM activations", lambda run: "layer" in run.config["data"]
                            and "explained_variance" in run.metrics))
-    runs.sort(key=lambda run: (run.config["model"]["lr"], run.metrics["epoch"]))
+    runs.sort(key=lambda run: (run.choices["model"], sparsity_of(run), run.config["model"]["lr"], run.metrics["epoch"]))
     rows = [row(run) for run in runs]
-    curves = {f"lr {r['lr']:g}, {r['epochs']} epoch{'s' * (r['epochs'] != 1)}": curve(run)
+    curves = {f"{r['model']} {r['sparsity']}, lr {r['lr']:g}, {r['epochs']} epoch{'s' * (r['epochs'] != 1)}": curve(run)
               for r, run in zip(rows, runs)}
     data = runs[0].config["data"]
     text = (f"# {data['model']} layer {data['layer']}: the recipe by learning rate and length\n\n"

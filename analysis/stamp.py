@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import torch
+from runtime.files import write_whole
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,5 +47,5 @@ def write_json_result(path: str | Path, values: dict) -> Path:
     """``values`` with the stamp, as one JSON file (the folder is made)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(stamp() | values, indent=2) + "\n")
+    write_whole(path, json.dumps(stamp() | values, indent=2) + "\n")
     return path

@@ -1,10 +1,14 @@
 """Steering generation with one latent of an LM run: the causal LM continues a prompt greedily with the
 latent's decoder direction added at the hooked layer (``mode=add``) or the latent clamped (``mode=clamp``),
 at strength x the latent's largest activation on the test split (evaluation/steering.py), printed beside
-the unsteered continuation and written to ``<run>/steering/feature<i>_<mode>_<strength>.md``.
+the unsteered continuation and written to ``<run>/steering/feature<i>_<mode>_<strength>_<prompt>.md`` (the
+prompt's first words and a hash of it).
 
     python -m analysis.steer run=<run dir> feature=<i> strength=<s> prompt="..." [mode=add] [max_new_tokens=40]
 """
+import hashlib
+import math
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -20,6 +24,7 @@ from analysis.trained import run_config, trained_model
 from errors import first_line
 from evaluation.features import stream_codes
 from evaluation.steering import MODES, generate, steer
+from runtime.files import write_whole
 
 COLUMN = 60  # characters per side when printed side by side
 
@@ -37,8 +42,20 @@ def side_by_side(left: str, right: str) -> str:
     return "\n".join([f"{'unsteered':{COLUMN}s} | steered", "-" * (2 * COLUMN + 3), *rows])
 
 
+def prompt_slug(prompt: str) -> str:
+    """The prompt's first words and a hash of all of it, for a file name: two prompts never share one."""
+    words = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:32].rstrip("-")
+    return f"{words or 'prompt'}-{hashlib.sha1(prompt.encode()).hexdigest()[:6]}"
+
+
 def run(cfg: DictConfig) -> Path:
     run_dir = Path(cfg.run)
+    if not str(cfg.prompt or "").strip():
+        raise ValueError("prompt is empty: steering continues a prompt, e.g. prompt=\"Let me think\"")
+    if not math.isfinite(cfg.strength):
+        raise ValueError(f"strength={cfg.strength} is not a finite number")
+    if cfg.max_new_tokens <= 0:
+        raise ValueError(f"max_new_tokens={cfg.max_new_tokens} must be > 0")
     run_cfg = run_config(run_dir)
     if cfg.mode not in MODES:
         raise ValueError(f"mode={cfg.mode}: choose from {list(MODES)}")
@@ -64,7 +81,8 @@ def run(cfg: DictConfig) -> Path:
                                                   return_tensors="pt")
     else:
         input_ids = tokenizer(cfg.prompt, return_tensors="pt").input_ids
-    clean = tokenizer.decode(generate(lm, input_ids, cfg.max_new_tokens), skip_special_tokens=True)
+    clean_ids = generate(lm, input_ids, cfg.max_new_tokens)
+    clean = tokenizer.decode(clean_ids, skip_special_tokens=True)
     steered_ids = generate(lm, input_ids, cfg.max_new_tokens, {data.layer: data.modules[data.layer]},
                            steer(direction, amount, cfg.mode, activation))
     steered = tokenizer.decode(steered_ids, skip_special_tokens=True)
@@ -73,12 +91,13 @@ def run(cfg: DictConfig) -> Path:
     print(side_by_side(clean, steered))
     out = Path(cfg.out) if cfg.out else run_dir / "steering"
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"feature{cfg.feature}_{cfg.mode}_{cfg.strength:g}.md"
-    path.write_text(f"# Feature {cfg.feature} of {run_dir}, {cfg.mode} at strength {cfg.strength:g}\n\n"
-                    f"{data.model_name} layer {data.layer} ({data.modules[data.layer]}); c = {cfg.strength:g} x the "
-                    f"latent's largest test activation {peak:.4g} = {amount:.4g}; greedy, {cfg.max_new_tokens} new "
-                    f"tokens.\n\nPrompt: {cfg.prompt!r}\n\n## Unsteered\n\n{clean}\n\n## Steered\n\n{steered}\n\n"
-                    f"{stamp_line()}\n")
+    path = out / f"feature{cfg.feature}_{cfg.mode}_{cfg.strength:g}_{prompt_slug(cfg.prompt)}.md"
+    write_whole(path, f"# Feature {cfg.feature} of {run_dir.name}, {cfg.mode} at strength {cfg.strength:g}\n\n"
+                f"{data.model_name} layer {data.layer} ({data.modules[data.layer]}); c = {cfg.strength:g} x the "
+                f"latent's largest test activation {peak:.4g} = {amount:.4g}; greedy, at most {cfg.max_new_tokens} new "
+                f"tokens: {len(clean_ids)} unsteered, {len(steered_ids)} steered (generation stops at the end-of-text "
+                f"token).\n\nPrompt: {cfg.prompt!r}\n\n## Unsteered\n\n{clean}\n\n## Steered\n\n{steered}\n\n"
+                f"{stamp_line()}\n")
     print(f"\nwrote {path}")
     return path
 

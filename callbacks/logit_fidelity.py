@@ -11,6 +11,7 @@ from torch import Tensor
 from callbacks.metrics_file import report
 from callbacks.read_out import ReadOut
 from evaluation.linear_fits import reconstructor
+from runtime.files import write_whole
 
 
 def fidelity(logits: Tensor, reconstructed: Tensor, labels: Tensor) -> dict[str, float]:
@@ -71,7 +72,7 @@ class LogitFidelity(ReadOut):
             "recon_acc_logits": test["acc_recon"], "delta_acc_logits": test["delta_acc"],
             "splits": splits, "val_mse_per_example": per_example}
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        (self.output_dir / "BEST_RESULTS.md").write_text(markdown(summary))
+        write_whole(self.output_dir / "summary.json", json.dumps(summary, indent=2))
+        write_whole(self.output_dir / "BEST_RESULTS.md", markdown(summary))
         flat = {f"fidelity/{split}_{key}": value for split, row in splits.items() for key, value in row.items()}
         report(trainer, flat)

@@ -3,20 +3,18 @@ keeps what it had measured, with a status saying how it ended; and every validat
 line each, in ``history.jsonl`` beside it (the curves, without a logger)."""
 import json
 import math
-import os
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 
 from errors import first_line
+from runtime.files import write_whole
 
 
 def write_json(path: Path, payload: dict) -> None:
     """Atomic write: a reader never sees half a file, even if the process is killed mid-write."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    write_whole(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
 def epochs_trained(trainer) -> int:

@@ -4,7 +4,6 @@ checkpoint write, and marks fit's start and training's end. train.py adds the ma
 writes the seconds per phase into metrics.json (``time``)."""
 import time
 
-import psutil
 import pytorch_lightning as pl
 from lightning_fabric.plugins import CheckpointIO
 
@@ -65,12 +64,11 @@ class Stopwatch(pl.Callback):
         if "train_end" not in self.marks:  # resumed after training ended (callbacks/read_out.py): read-outs only
             self.on_train_end(trainer, pl_module)
 
-    def shares(self, job_start: float, fit_end: float, end: float, first_job: bool) -> dict[str, float]:
-        """Seconds per phase and their total. Start-up runs from the process's start for the first job of a
-        process (imports included), else from the job's; between_steps is the rest of training (fetching
-        batches, epoch ends), end_of_fit what follows it (read-outs, probes, unit statistics and their figures)
-        less the checkpoints."""
-        started = psutil.Process().create_time() if first_job else job_start
+    def shares(self, started: float, fit_end: float, end: float) -> dict[str, float]:
+        """Seconds per phase and their total, from ``started`` (train.py passes the interpreter's start for the
+        first job of a process, imports included, else the job's start); between_steps is the rest of training
+        (fetching batches, epoch ends), end_of_fit what follows it (read-outs, probes, unit statistics and their
+        figures) less the checkpoints."""
         seconds = {"start_up": self.marks["fit_start"] - started, **self.seconds, "finish": end - fit_end}
         seconds["between_steps"] = (self.marks["train_end"] - self.marks["fit_start"] - self.seconds["training_steps"]
                                     - self.seconds["validation"] - self.checkpoints_in_training)

@@ -7,6 +7,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from runtime.files import write_whole, written_whole
 
 
 def show_matrix(ax, matrix: np.ndarray, title: str, axis: str = "unit") -> None:
@@ -105,7 +106,8 @@ def save_figure(figure, stem: Path, formats: tuple[str, ...] = ("pdf", "png")) -
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(f".{extension}") for extension in formats]
     for path in paths:
-        figure.savefig(path, dpi=150, bbox_inches="tight")
+        with written_whole(path) as partial:
+            figure.savefig(partial, dpi=150, bbox_inches="tight", format=path.suffix[1:])
     plt.close(figure)
     return paths
 
@@ -114,5 +116,5 @@ def publish(out_dir: Path, figure, stem: str, markdown: str, name: str) -> None:
     """An analysis command's output: its figure (PDF + PNG) and its Markdown, both also announced."""
     for path in save_figure(figure, out_dir / stem):
         print(f"wrote {path}")
-    (out_dir / name).write_text(markdown)
+    write_whole(out_dir / name, markdown)
     print(markdown)

@@ -15,6 +15,16 @@ def test_a_failed_job_keeps_the_others_and_is_reported_in_one_line(tmp_path, lau
                           "error: 1 of 3 jobs failed (their lines above); the others finished"]
 
 
+def test_a_diverged_job_of_a_sweep_is_a_failed_job(tmp_path):
+    result = run_cli("train.py", "-m", "model=sae", "model.lr=1e30,1e-3", "model.hidden_dim=16", *QUICK,
+                     f"hydra.sweep.dir={tmp_path}", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert read_metrics(tmp_path / "0")["status"] == "failed" and read_metrics(tmp_path / "1")["status"] == "finished"
+    lines = result.stderr.strip().splitlines()
+    assert lines[-2].startswith(f"failed: {tmp_path / '0'}: error: non-finite loss at step "), lines[-3:]
+    assert lines[-1] == "error: 1 of 2 jobs failed (their lines above); the others finished"
+
+
 def test_a_slurm_request_that_cannot_match_the_trainer_fails_before_submitting(tmp_path):
     result = run_cli("train.py", "-m", "hydra/launcher=slurm", *QUICK, "loss=lse,lse_var",
                      "hydra.launcher.tasks_per_node=2", f"hydra.sweep.dir={tmp_path}", check=False)

@@ -2,6 +2,7 @@
 run again, a finished run is never rewritten, checkpoints are whole or absent, and a resume that would damage
 a run is one line. Through the real train.py, with kill -9 (tests/kill_at.py), tmpfs mounts for a full and
 a read-only disk, and damaged bytes."""
+import shutil
 import subprocess
 from contextlib import contextmanager
 
@@ -82,6 +83,18 @@ def test_a_checkpoint_of_another_model_is_one_line_and_the_finished_run_is_untou
                {p: data for p, data in before.items() if p.name != "train.log"}
     finally:
         foreign.unlink()
+
+
+def test_a_damaged_metrics_file_is_one_line_on_rerun_and_deleting_it_finishes_the_run_again(unbroken, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(unbroken, run)
+    (run / "metrics.json").write_text('{"status": "fin')
+    result = run_cli("train.py", *ARGS, f"hydra.run.dir={run}", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {run / 'metrics.json'} is not JSON (")
+    (run / "metrics.json").unlink()
+    run_cli("train.py", *ARGS, f"hydra.run.dir={run}")
+    assert measured(run) == measured(unbroken)
 
 
 def test_ckpt_path_to_a_file_that_is_not_a_runs_checkpoint_writes_nothing_anywhere(tmp_path):

@@ -1,6 +1,7 @@
 """SmolLM2-135M-Instruct, a real causal Llama that installs from the package registry as a GGUF file:
 loading, its sites, the first-position drop, CE fidelity, a run of the reasoning-features recipe and its
 export, and bad input, on a few thousand tokens of the shipped corpus."""
+import importlib.metadata
 import importlib.util
 import json
 import re
@@ -137,6 +138,10 @@ def test_export_names_the_llama_hook_and_reconstructs_like_the_run(small_run, tm
     assert metadata["hook_name"] == "model.layers.18" and metadata["hook_layer"] == 18
     assert metadata["model_name"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert metadata["model_class_name"] == "AutoModelForCausalLM"
+    assert metadata["sae_lens_version"] == importlib.metadata.version("sae-lens")
+    assert "Q4_1.gguf" in metadata["model_weights"] and "not the hub release" in metadata["model_weights"]
+    modes = {path.name: path.stat().st_mode & 0o777 for path in tmp_path.iterdir()}
+    assert modes["sae_weights.safetensors"] == modes["cfg.json"] and not [p for p in modes if p.startswith(".")]
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
     from sae_lens import SAE
@@ -164,13 +169,20 @@ def test_the_browser_shows_logit_effects_and_steering_at_strength_zero_is_the_cl
     feature = page["features"][0]["index"]
     result = run_cli("-m", "analysis.steer", f"run={run}", f"feature={feature}", "strength=0", "max_new_tokens=8",
                      "prompt=The tutorial introduces")
-    written = (run / "steering" / f"feature{feature}_add_0.md").read_text()
+    [written] = [path.read_text() for path in (run / "steering").glob(f"feature{feature}_add_0_the-tutorial-introduces-*.md")]
     unsteered, steered = written.split("## Unsteered\n\n")[1].split("\n\n## Steered\n\n")
     assert steered.split("\n\n")[0] == unsteered and "unsteered" in result.stdout
     strong = run_cli("-m", "analysis.steer", f"run={run}", f"feature={feature}", "strength=200", "max_new_tokens=8",
                      "prompt=The tutorial introduces")
-    changed = (run / "steering" / f"feature{feature}_add_200.md").read_text().split("## Steered\n\n")[1]
-    assert "wrote" in strong.stdout and changed.split("\n\n")[0] != unsteered
+    [changed] = [path.read_text() for path in (run / "steering").glob(f"feature{feature}_add_200_*.md")]
+    assert "wrote" in strong.stdout and changed.split("## Steered\n\n")[1].split("\n\n")[0] != unsteered
+    assert re.search(r"at most 8 new tokens: \d+ unsteered, \d+ steered", changed)
+    for option, message in (("prompt=", "prompt is empty"), ("strength=nan", "strength=nan is not a finite number"),
+                            ("max_new_tokens=0", "max_new_tokens=0 must be > 0")):
+        bad = run_cli("-m", "analysis.steer", f"run={run}", f"feature={feature}", "strength=1", "max_new_tokens=8",
+                      "prompt=The tutorial introduces", option, check=False)
+        assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr[-1500:]
+        assert bad.stderr.strip().splitlines()[-1].startswith(f"error: {message}"), bad.stderr[-1500:]
 
 
 def hide_package(tmp_path: Path) -> dict:

@@ -89,6 +89,18 @@ def test_mnist_run_logs_to_wandb_offline_with_figures_and_says_only_what_matters
     assert seconds["training_steps"] > 0 and seconds["checkpoints"] > 0 and seconds["end_of_fit"] > 0
 
 
+def test_start_up_counts_from_the_interpreter_not_from_a_shell_that_execs_it(tmp_path):
+    """bash -c "sleep 5; exec python train.py" keeps bash's process start: 5 s that are not the run's."""
+    env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1")
+    launched = time.time()
+    subprocess.run(["bash", "-c", f"sleep 5 && exec {sys.executable} {ROOT / 'train.py'} {' '.join(QUICK)} "
+                                  f"hydra.run.dir={tmp_path}"], env=env, check=True, capture_output=True, timeout=300)
+    seconds = read_metrics(tmp_path)["time"]
+    logged = datetime.strptime((tmp_path / "train.log").read_text().splitlines()[-1][1:24],
+                               "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    assert seconds["total"] == pytest.approx(logged - launched - 5, abs=1.5)
+
+
 def test_progress_outside_a_terminal_is_a_plain_line_every_so_often(tmp_path):
     result = run_cli("train.py", *QUICK, "callbacks.progress.every_s=0", "trainer.limit_train_batches=3",
                      f"hydra.run.dir={tmp_path}")
@@ -123,6 +135,9 @@ def test_theorem_command_prints_exact_agreement(tmp_path):
     ("checkpoint.every_n_steps=0", "checkpoint.every_n_steps=0 must be an int > 0"),
     ("calibrate.target_l0=abc", "calibrate.target_l0=abc is not a number"),
     ("trainer=ddp", "torch sees no CUDA GPU here: add trainer.accelerator=cpu"),
+    ("+trainer.precision=16-mixed", "trainer.precision=16-mixed is float16, which needs a GPU: on CPU use bf16-mixed"),
+    (f"torch_threads={len(os.sched_getaffinity(0)) + 1}", "is above this machine's"),
+    ("model.hidden_dim=200000000", "the model "),  # 200M x 32 inputs: 26 GB of weights, or 4x that to train
 ])
 def test_impossible_values_fail_in_one_line_before_training(tmp_path, override, message):
     result = run_cli("train.py", *QUICK, override, f"hydra.run.dir={tmp_path / 'run'}", check=False,
