@@ -99,10 +99,13 @@ def check_device(trainer: DictConfig) -> None:
     if trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ValueError(f"trainer.accelerator={trainer.accelerator} but torch sees no CUDA GPU here: add "
                          f"trainer.accelerator=cpu (with trainer.devices=<processes> for DDP on CPU)")
-    on_cpu = trainer.get("accelerator") == "cpu" or not torch.cuda.is_available()
-    if on_cpu and str(trainer.get("precision")).startswith("16"):  # Lightning would warn and record it anyway
+    if trains_on_cpu(trainer) and str(trainer.get("precision")).startswith("16"):  # Lightning would warn and record it anyway
         raise ValueError(f"trainer.precision={trainer.precision} is float16, which needs a GPU: on CPU use "
                          f"bf16-mixed or 32")
+
+
+def trains_on_cpu(trainer: DictConfig) -> bool:
+    return trainer.get("accelerator") == "cpu" or not torch.cuda.is_available()
 
 
 def check_threads(threads: int | None) -> None:

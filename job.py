@@ -70,7 +70,7 @@ def make_model_within_memory(cfg: DictConfig):
             raise
         raise ValueError(f"the model does not fit in memory ({first_line(error).split(': ', 1)[-1][:160]}): "
                          f"lower model.hidden_dim") from None
-    on_cpu = cfg.trainer.get("accelerator") == "cpu" or not torch.cuda.is_available()
+    on_cpu = config_checks.trains_on_cpu(cfg.trainer)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     available = psutil.virtual_memory().available
     if on_cpu and 4 * weights > available:
