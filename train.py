@@ -19,11 +19,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-import job
-import resolvers  # noqa: F401  (the ${run_dir_of:...} and other resolvers conf/ uses)
-from errors import first_line
+from runtime import job
+from runtime import resolvers  # noqa: F401  (the ${run_dir_of:...} and other resolvers conf/ uses)
+from runtime.errors import first_line
 from lightning_modules.base import NonFiniteLossError
-from run_folder import finished, trains_further
+from runtime.run_folder import finished, trains_further
 
 log = logging.getLogger("train")
 
@@ -63,7 +63,7 @@ def train(cfg: DictConfig) -> dict | None:
             trainer.test(model, datamodule=datamodule, ckpt_path="best" if trainer.checkpoint_callback else None)
     except NonFiniteLossError as error:
         job.diverged(error, run_dir)
-    except OSError as error:  # a checkpoint or file the disk refused (checkpoint_io.py): the run resumes later
+    except OSError as error:  # a checkpoint or file the disk refused (runtime/checkpoint_io.py): the run resumes later
         raise job.RunError(f"error: {first_line(error)}") from None
     except SystemExit:  # stopped by SLURM (callbacks/resume.py): it resumes later; W&B's service got the signal too
         logger = False

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from errors import first_line
+from runtime.errors import first_line
 from runtime.files import write_whole
 
 

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from calibration import advice
+from runtime.calibration import advice
 from conftest import QUICK, ROOT, measured, read_metrics, run_cli
 
 ARGS = [*(arg for arg in QUICK if not arg.startswith("logger=")), "logger=none", "model.hidden_dim=16"]

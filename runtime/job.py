@@ -21,14 +21,14 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-import calibration
-import config_checks
-from allocator import reuse_freed_memory
+from runtime import calibration
+from runtime import config_checks
+from runtime.allocator import reuse_freed_memory
 from callbacks.progress import duration
 from callbacks.stopwatch import share_line
-from checkpoint_io import AtomicCheckpointIO, check_fits, check_readable
-from errors import first_line
-from run_folder import checkpoint_to_resume, last_checkpoint, remove_if_empty
+from runtime.checkpoint_io import AtomicCheckpointIO, check_fits, check_readable
+from runtime.errors import first_line
+from runtime.run_folder import checkpoint_to_resume, last_checkpoint, remove_if_empty
 
 log = logging.getLogger("train")
 
