@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 
 from runtime.errors import first_line
+from runtime.run_folder import LIVE, this_process
 from runtime.files import write_whole
 
 
@@ -48,6 +49,8 @@ class MetricsFile(pl.Callback):
         self.measured |= {name: value if math.isfinite(value) else str(value) for name, value in metrics.items()}
         payload = {"status": status, "epoch": epochs_trained(trainer), "global_step": trainer.global_step,
                    **self.measured, **self.extra, **values}
+        if status in LIVE:  # who is writing it, so that a reader can tell a live run from a killed one
+            payload["process"] = this_process()
         write_json(self.path, payload)
         return payload
 
@@ -73,7 +76,7 @@ class MetricsFile(pl.Callback):
     def on_exception(self, trainer, pl_module, exception):
         # SystemExit: stopped by a signal (SLURM preemption, time limit), to be resumed from its checkpoint
         try:
-            if isinstance(exception, SystemExit):
+            if isinstance(exception, (SystemExit, KeyboardInterrupt)):  # a signal, SIGINT (Ctrl-C) included
                 self.write(trainer, "interrupted")
             else:
                 self.write(trainer, "failed", error=first_line(exception))

@@ -3,6 +3,7 @@ on its device; but a run resumed from a checkpoint written after its last epoch 
 read-outs) skips the training loop and that hook with it, and gets only ``on_fit_end``. A read-out runs in
 whichever comes first, so a rerun finishes what the killed run had not."""
 import pytorch_lightning as pl
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 
 class ReadOut(pl.Callback):
@@ -15,11 +16,20 @@ class ReadOut(pl.Callback):
         self.read_this_fit = False
 
     def on_train_end(self, trainer, pl_module):
+        stop_if_asked(trainer)
         self.read_this_fit = True
         pl_module.zero_grad(set_to_none=True)  # the last step's gradients, as large as the weights, are done with
         if trainer.global_rank == 0:
             self.read_out(trainer, pl_module)
 
     def on_fit_end(self, trainer, pl_module):
+        stop_if_asked(trainer)
         if not self.read_this_fit and trainer.global_rank == 0:
             self.read_out(trainer, pl_module)
+
+
+def stop_if_asked(trainer) -> None:
+    """A SIGTERM that arrives after the last step (Lightning checks only inside its loops) stops the run before
+    the next read-out; the rerun does the read-outs it had not done."""
+    if trainer.received_sigterm:
+        raise SIGTERMException
