@@ -90,7 +90,8 @@ def prepare(cfg: DictConfig, run_dir: Path):
         state_dict = check_readable(ckpt_path) if ckpt_path else None
         if cfg.calibrate.target_l0 is not None:
             calibration.check(cfg)
-        datamodule = instantiate(cfg.data)
+        datamodule = instantiate(cfg.data)  # its constructor checks its options
+        log.info("run folder: %s", run_dir)  # first: an LM run harvests for minutes in setup
         datamodule.setup("fit")
         model = make_model_within_memory(cfg)
         if ckpt_path:
@@ -99,7 +100,6 @@ def prepare(cfg: DictConfig, run_dir: Path):
         if rank_zero_only.rank == 0:
             remove_if_empty(run_dir)
         raise RunError(f"error: {first_line(error)}") from None
-    log.info("run folder: %s", run_dir)
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
     return datamodule, model, ckpt_path
