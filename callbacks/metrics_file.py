@@ -54,6 +54,17 @@ class MetricsFile(pl.Callback):
         write_json(self.path, payload)
         return payload
 
+    def on_train_start(self, trainer, pl_module):
+        """A resumed run validates again from its checkpoint's step: the lines that a killed process wrote after
+        that checkpoint go, so that each validation is one line (as in an unbroken run)."""
+        history = self.path.with_name("history.jsonl")
+        if trainer.global_rank != 0 or not history.is_file():
+            return
+        lines = history.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line)["global_step"] <= trainer.global_step]
+        if len(kept) != len(lines):
+            write_whole(history, "".join(kept))
+
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking:
             return

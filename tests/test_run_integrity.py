@@ -40,7 +40,7 @@ def test_a_run_killed_during_its_read_outs_finishes_them_when_run_again(unbroken
 
 
 @pytest.mark.parametrize("signal_name, hook", [("TERM", "on_train_batch_end"), ("TERM", "on_train_end"),
-                                               ("INT", "on_train_batch_end")])
+                                               ("INT", "on_train_batch_end"), ("INT", "on_validation_end")])
 def test_a_signal_says_interrupted_and_the_same_command_ends_as_an_unbroken_run(unbroken, tmp_path, signal_name,
                                                                                hook):
     stopped = run_cli("train.py", *ARGS, *KILL, f"+callbacks.kill.hook={hook}", "+callbacks.kill.step=3",
@@ -52,6 +52,8 @@ def test_a_signal_says_interrupted_and_the_same_command_ends_as_an_unbroken_run(
         assert stopped.returncode == 143 and "interrupted by SIGTERM at step " in stopped.stdout + stopped.stderr
     run_cli("train.py", *ARGS, f"hydra.run.dir={tmp_path}")
     assert measured(tmp_path) == measured(unbroken)
+    # on_validation_end: after the last validation's line, before its checkpoint: the line is not written twice
+    assert (tmp_path / "history.jsonl").read_text() == (unbroken / "history.jsonl").read_text()
 
 
 def test_a_run_killed_with_sigkill_is_told_from_a_live_one(tmp_path):
