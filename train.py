@@ -11,6 +11,7 @@ INTERPRETER_START = time.time()  # before the imports, which a run's start-up sh
 import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
+import signal  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -19,11 +20,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-import job
-import resolvers  # noqa: F401  (the ${run_dir_of:...} and other resolvers conf/ uses)
-from errors import first_line
+from pytorch_lightning.plugins.environments import SLURMEnvironment
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
 from lightning_modules.base import NonFiniteLossError
-from run_folder import finished, trains_further
+from runtime import job
+from runtime import resolvers  # noqa: F401  (the ${run_dir_of:...} and other resolvers conf/ uses)
+from runtime.errors import first_line
+from runtime.run_folder import finished, last_checkpoint, live_process, read_metrics, trains_further
 
 log = logging.getLogger("train")
 
@@ -44,8 +48,12 @@ def train(cfg: DictConfig) -> dict | None:
     # a requeued job that had finished, a re-run command, a resume that would train nothing more
     try:
         done = finished(run_dir) and not (cfg.ckpt_path and trains_further(cfg, run_dir))
+        other = live_process(read_metrics(run_dir))
     except ValueError as error:  # a damaged metrics.json
         raise job.RunError(f"error: {first_line(error)}") from None
+    if other:
+        raise job.RunError(f"error: {run_dir} is being trained now by pid {other['pid']} on {other['host']}: wait "
+                           f"for it to end, or stop it (its checkpoint resumes with this same command)")
     if done:
         log.info("already finished: %s (nothing changed)", run_dir)
         return None
@@ -63,10 +71,14 @@ def train(cfg: DictConfig) -> dict | None:
             trainer.test(model, datamodule=datamodule, ckpt_path="best" if trainer.checkpoint_callback else None)
     except NonFiniteLossError as error:
         job.diverged(error, run_dir)
-    except OSError as error:  # a checkpoint or file the disk refused (checkpoint_io.py): the run resumes later
+    except OSError as error:  # a checkpoint or file the disk refused (runtime/checkpoint_io.py): the run resumes later
         raise job.RunError(f"error: {first_line(error)}") from None
-    except SystemExit:  # stopped by SLURM (callbacks/resume.py): it resumes later; W&B's service got the signal too
+    except SystemExit as stop:  # stopped by a signal (callbacks/resume.py): it resumes later; W&B's service got it too
         logger = False
+        if isinstance(stop, SIGTERMException) and not SLURMEnvironment.detect():  # SLURM requeues it by itself
+            log.warning("interrupted by SIGTERM at step %d (status: interrupted): the same command resumes it from %s",
+                        trainer.global_step, last_checkpoint(run_dir))
+            raise SystemExit(128 + signal.SIGTERM) from None
         raise
     finally:
         job.close(logger)

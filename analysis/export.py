@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from activations.language_model import PACKAGED, hub_id
 from lightning_modules.sae import SparseAutoencoder
 from analysis.trained import trained_model
-from run_folder import LAST_CHECKPOINT
+from runtime.run_folder import LAST_CHECKPOINT
 from runtime.files import write_whole, written_whole
 
 SAELENS_FORMAT_VERSION = "6.0.0"  # the cfg.json layout of SAELens 6 (metadata nested), where SAELens is not installed

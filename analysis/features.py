@@ -28,7 +28,7 @@ from analysis.features_page import render
 from analysis.runs import against_pca, left_out_note
 from analysis.stamp import stamp_line
 from analysis.trained import run_config, trained_model
-from errors import first_line
+from runtime.errors import first_line
 from evaluation.features import Histograms, TopActivations, activations_at, stream_codes
 from evaluation.reason_score import ReasonSums, reason_score, windows, word_groups
 from runtime.files import write_whole

@@ -11,6 +11,8 @@ from typing import Callable, Hashable
 import numpy as np
 from omegaconf import OmegaConf
 
+from runtime.run_folder import process_gone
+
 HOW_A_JOB_RAN = ("seed", "torch_threads", "ckpt_path", "hydra.", "hydra/")  # not what it is
 
 
@@ -42,7 +44,8 @@ def read_run(path: Path, needs: tuple[str, ...], kind: tuple[str, Callable] | No
     except json.JSONDecodeError:
         return "metrics.json is not JSON"
     if metrics.get("status") != "finished":
-        return f"status {metrics.get('status')} (epoch {metrics.get('epoch')})"
+        gone = process_gone(metrics)
+        return f"status {metrics.get('status')} (epoch {metrics.get('epoch')})" + (f", but {gone}" if gone else "")
     missing = [name for name in (".hydra/hydra.yaml", "config_resolved.yaml", *needs) if not (path / name).exists()]
     if missing:
         return f"no {', '.join(missing)}"

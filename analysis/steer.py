@@ -21,7 +21,7 @@ from activations.language_model import is_causal, load_config
 from analysis.features import directions, lm_data
 from analysis.stamp import stamp_line
 from analysis.trained import run_config, trained_model
-from errors import first_line
+from runtime.errors import first_line
 from evaluation.features import stream_codes
 from evaluation.steering import MODES, generate, steer
 from runtime.files import write_whole

@@ -5,9 +5,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from checkpoint_io import check_readable
-from job import make_model
-from run_folder import CHECKPOINTS, LAST_CHECKPOINT, read_metrics
+from runtime.checkpoint_io import check_readable
+from runtime.job import make_model
+from runtime.run_folder import CHECKPOINTS, LAST_CHECKPOINT, read_metrics
 
 
 def run_config(run_dir: Path) -> DictConfig:

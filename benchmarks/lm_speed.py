@@ -30,7 +30,7 @@ import torch
 
 from activations.cache import ActivationCache
 from activations.harvest import harvest
-from allocator import reuse_freed_memory
+from runtime.allocator import reuse_freed_memory
 from benchmarks.speed import Clock
 from datamodules.lm_activations import ActivationDataModule
 from datamodules.tensor_batches import TensorBatches

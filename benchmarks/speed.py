@@ -20,7 +20,7 @@ SAELens, each comparison timed in interleaved rounds.
   (`vs_matmul_floor`: the step's one unavoidable product), and the step's FLOP rate (the matmuls it really
   runs: step_flops) against this machine's fp32 matmul rate (the best round's). TopK also at 576 -> 9216
   (SmolLM2's width at 16x) against SAELens and the floor. Every variant runs with train.py's allocator
-  setting (allocator.py).
+  setting (runtime/allocator.py).
 - allocator: the same bare loops in new processes, with train.py's allocator setting and with glibc's
   default, where each of the step's 64 MB tensors gets fresh pages from the kernel.
 
@@ -47,7 +47,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from allocator import reuse_freed_memory
+from runtime.allocator import reuse_freed_memory
 from analysis.paper_scale import step_flops
 from analysis.stamp import write_json_result
 from datamodules.gaussian_mixture import GaussianMixtureDataModule
@@ -56,8 +56,8 @@ from lightning_modules.encoder import DecoderFreeEncoder
 from lightning_modules.losses import CompositeLoss
 from lightning_modules.sae import (BatchTopKSAE, GatedSAE, JumpReLUSAE, MatryoshkaSAE, SparseAutoencoder,
                                    TopKSAE)
-import resolvers  # noqa: F401  (conf/train.yaml's)
-from job import make_callbacks
+from runtime import resolvers  # noqa: F401  (conf/train.yaml's)
+from runtime.job import make_callbacks
 
 CONF = Path(__file__).parents[1] / "conf"
 
@@ -231,7 +231,7 @@ def saelens(module, data, steps: int, warmup: int, clip: float | None = None) ->
 
 ALLOCATOR_CHILD = """
 import json, torch
-from allocator import reuse_freed_memory
+from runtime.allocator import reuse_freed_memory
 from analysis.stamp import write_json_result
 from benchmarks.speed import LM_MODELS, bare, lm_data, lm_model
 if {reuse}:
@@ -372,7 +372,7 @@ def main(rounds: int) -> tuple[dict, dict]:
           f"{min(times['saelens']):.3f} s, one encoder matmul {min(times['matmul']):.3f} s: "
           f"{results['lm_topk_9216_vs_saelens']:.2f}x SAELens, {results['lm_topk_9216_vs_matmul_floor']:.2f} of the floor")
 
-    print(f"\nallocator: the bare loop at {d} -> {h} in new processes, train.py's reuse_freed_memory (allocator.py) "
+    print(f"\nallocator: the bare loop at {d} -> {h} in new processes, train.py's reuse_freed_memory (runtime/allocator.py) "
           f"against glibc's default; s/step")
     print(f"{'model':16s} {'glibc default s':>16s} {'reuse s':>8s} {'reuse vs default':>17s}")
     runs = {"default": [], "reuse": []}

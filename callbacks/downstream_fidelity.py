@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 
 class DownstreamFidelity(ReadOut):
+    description = "downstream fidelity and its PCA baseline (the LM's loss with the code spliced in)"
     def __init__(self, split: str = "test", max_sequences: int | None = None, batch_size: int = 16,
                  pca_baseline: bool = True):
         self.split, self.max_sequences, self.batch_size = split, max_sequences, batch_size

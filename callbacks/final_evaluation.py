@@ -17,6 +17,7 @@ CHUNK_ELEMENTS = 2**26  # codes encoded at a time: 256 MB in float32, however wi
 
 
 class FinalEvaluation(ReadOut):
+    description = "reconstruction, affine read-out and probes on test"
     def __init__(self, probe: bool = True, max_examples: int | None = None, chunk_size: int = 4096):
         self.probe, self.max_examples, self.chunk_size = probe, max_examples, chunk_size
         self.initial_state: dict[str, Tensor] | None = None

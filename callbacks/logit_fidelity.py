@@ -42,6 +42,7 @@ def markdown(summary: dict) -> str:
 
 
 class LogitFidelity(ReadOut):
+    description = "the classifier's accuracy with its logits through the SAE"
     def __init__(self, output_dir: str, summary: dict | None = None):
         self.output_dir, self.summary = Path(output_dir), dict(summary or {})
 

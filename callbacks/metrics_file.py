@@ -8,7 +8,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from errors import first_line
+from runtime.errors import first_line
+from runtime.run_folder import LIVE, this_process
 from runtime.files import write_whole
 
 
@@ -48,8 +49,21 @@ class MetricsFile(pl.Callback):
         self.measured |= {name: value if math.isfinite(value) else str(value) for name, value in metrics.items()}
         payload = {"status": status, "epoch": epochs_trained(trainer), "global_step": trainer.global_step,
                    **self.measured, **self.extra, **values}
+        if status in LIVE:  # who is writing it, so that a reader can tell a live run from a killed one
+            payload["process"] = this_process()
         write_json(self.path, payload)
         return payload
+
+    def on_train_start(self, trainer, pl_module):
+        """A resumed run validates again from its checkpoint's step: the lines that a killed process wrote after
+        that checkpoint go, so that each validation is one line (as in an unbroken run)."""
+        history = self.path.with_name("history.jsonl")
+        if trainer.global_rank != 0 or not history.is_file():
+            return
+        lines = history.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line)["global_step"] <= trainer.global_step]
+        if len(kept) != len(lines):
+            write_whole(history, "".join(kept))
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking:
@@ -73,7 +87,7 @@ class MetricsFile(pl.Callback):
     def on_exception(self, trainer, pl_module, exception):
         # SystemExit: stopped by a signal (SLURM preemption, time limit), to be resumed from its checkpoint
         try:
-            if isinstance(exception, SystemExit):
+            if isinstance(exception, (SystemExit, KeyboardInterrupt)):  # a signal, SIGINT (Ctrl-C) included
                 self.write(trainer, "interrupted")
             else:
                 self.write(trainer, "failed", error=first_line(exception))

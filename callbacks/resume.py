@@ -20,7 +20,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from run_folder import LAST_CHECKPOINT
+from runtime.run_folder import LAST_CHECKPOINT
 
 log = logging.getLogger(__name__)
 

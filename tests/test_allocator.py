@@ -3,7 +3,7 @@ import ctypes
 
 import torch
 
-from allocator import reuse_freed_memory
+from runtime.allocator import reuse_freed_memory
 
 
 class MallocInfo(ctypes.Structure):  # glibc's struct mallinfo2

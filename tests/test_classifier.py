@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
-import job
+from runtime import job
 import train
 from analysis.classifier import ranked
 from analysis.runs import Run

@@ -115,7 +115,7 @@ def test_the_dense_dual_fit_allocates_little_beyond_its_decoder():
 import psutil
 import torch
 from evaluation.linear_fits import affine_decoder
-from job import peak_resident_gib
+from runtime.job import peak_resident_gib
 generator = torch.Generator().manual_seed(0)
 a = torch.relu(torch.randn(64, 65536, generator=generator))  # half set: the dense path
 x = torch.randn(64, 1024, generator=generator)

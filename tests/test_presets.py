@@ -5,7 +5,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-import job
+from runtime import job
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 

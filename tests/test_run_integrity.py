@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from calibration import advice
+from runtime.calibration import advice
 from conftest import QUICK, ROOT, measured, read_metrics, run_cli
 
 ARGS = [*(arg for arg in QUICK if not arg.startswith("logger=")), "logger=none", "model.hidden_dim=16"]
@@ -37,6 +37,34 @@ def test_a_run_killed_during_its_read_outs_finishes_them_when_run_again(unbroken
     assert "time" in read_metrics(tmp_path)
     again = run_cli("train.py", *ARGS, f"hydra.run.dir={tmp_path}")
     assert "already finished" in again.stdout
+
+
+@pytest.mark.parametrize("signal_name, hook", [("TERM", "on_train_batch_end"), ("TERM", "on_train_end"),
+                                               ("INT", "on_train_batch_end"), ("INT", "on_validation_end")])
+def test_a_signal_says_interrupted_and_the_same_command_ends_as_an_unbroken_run(unbroken, tmp_path, signal_name,
+                                                                               hook):
+    stopped = run_cli("train.py", *ARGS, *KILL, f"+callbacks.kill.hook={hook}", "+callbacks.kill.step=3",
+                      f"+callbacks.kill.signal={signal_name}", f"hydra.run.dir={tmp_path}", env=TESTS_ON_PATH,
+                      check=False)
+    assert stopped.returncode != 0 and "Traceback" not in stopped.stderr, stopped.stderr[-2000:]
+    assert read_metrics(tmp_path)["status"] == "interrupted"
+    if signal_name == "TERM":
+        assert stopped.returncode == 143 and "interrupted by SIGTERM at step " in stopped.stdout + stopped.stderr
+    run_cli("train.py", *ARGS, f"hydra.run.dir={tmp_path}")
+    assert measured(tmp_path) == measured(unbroken)
+    # on_validation_end: after the last validation's line, before its checkpoint: the line is not written twice
+    assert (tmp_path / "history.jsonl").read_text() == (unbroken / "history.jsonl").read_text()
+
+
+def test_a_run_killed_with_sigkill_is_told_from_a_live_one(tmp_path):
+    killed = run_cli("train.py", *ARGS, "trainer.max_epochs=2", *KILL, "+callbacks.kill.hook=on_train_epoch_start",
+                     "+callbacks.kill.step=1", f"hydra.run.dir={tmp_path / 'run'}", env=TESTS_ON_PATH, check=False)
+    assert killed.returncode == -9
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["status"] == "running" and metrics["process"]["pid"] > 0
+    result = run_cli("-m", "analysis.time", f"dir={tmp_path}", check=False)
+    assert f"skipped {tmp_path / 'run'}: status running (epoch 1), but its process (pid {metrics['process']['pid']} " \
+           f"on " in result.stderr and "is gone: it was killed" in result.stderr, result.stderr[-2000:]
 
 
 def test_a_classifier_killed_in_its_test_is_not_finished_and_tests_when_run_again(tmp_path):

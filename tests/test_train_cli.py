@@ -76,7 +76,8 @@ def test_mnist_run_logs_to_wandb_offline_with_figures_and_says_only_what_matters
     assert lines[-3].startswith(f"files in {tmp_path}: checkpoints/, config_resolved.yaml, figures/, history.jsonl, metrics.json")
     assert lines[-2].startswith(f"W&B, offline: wandb sync {tmp_path / 'wandb' / 'offline-run-'}")
     assert lines[-1].startswith("time 0:") and "training steps" in lines[-1] and "start up" in lines[-1]
-    assert sum(line.startswith("epoch ") for line in lines) == 2 and len(lines) <= 9
+    assert sum(line.startswith("epoch ") for line in lines) == 2 and len(lines) <= 10
+    assert "end of fit: reconstruction, affine read-out and probes on test ..." in lines
     # the phases add up to the run's wall time, which starts at the process's start (imports included): from
     # this launch to the log's last line, written when the time was taken. psutil dates the process from the
     # boot time, in whole seconds; counted from the job's start instead, the total would miss the imports

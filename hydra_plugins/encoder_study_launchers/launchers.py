@@ -23,7 +23,7 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf, open_dict
 
-from errors import first_line
+from runtime.errors import first_line
 
 log = logging.getLogger(__name__)
 

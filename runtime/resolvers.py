@@ -8,7 +8,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from activations.language_model import default_layer, hidden_size
-from run_folder import first_config_only, run_dir_of
+from runtime.run_folder import first_config_only, run_dir_of
 
 
 def run_id(run_dir: str) -> str:

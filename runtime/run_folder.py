@@ -3,8 +3,11 @@ command from writing into a folder it would damage. Nothing here imports Lightni
 import json
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
+
+import psutil
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -49,6 +52,35 @@ def read_metrics(run_dir: Path) -> dict:
 
 def finished(run_dir: Path) -> bool:
     return read_metrics(run_dir).get("status") == "finished"
+
+
+LIVE = ("running", "trained")  # the statuses of a process still at work, which metrics.json names
+
+
+def this_process() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": psutil.Process().create_time()}
+
+
+def process_gone(metrics: dict) -> str | None:
+    """Why a run whose metrics say it is at work is not (killed: its process is gone from its host), or None
+    while it may be alive (its process is there, or it runs on another host, which cannot be checked here)."""
+    process = metrics.get("process")
+    if metrics.get("status") not in LIVE or not process or process.get("host") != socket.gethostname():
+        return None
+    try:
+        alive = psutil.Process(process["pid"]).create_time() == process["started"]  # not a reused pid
+    except psutil.NoSuchProcess:
+        alive = False
+    return None if alive else f"its process (pid {process['pid']} on {process['host']}) is gone: it was killed"
+
+
+def live_process(metrics: dict) -> dict | None:
+    """The other process training this run now, if there is one on this host."""
+    process = metrics.get("process")
+    if (metrics.get("status") in LIVE and process and process.get("host") == socket.gethostname()
+            and process.get("pid") != os.getpid() and process_gone(metrics) is None):
+        return process
+    return None
 
 
 def trains_further(cfg: DictConfig, run_dir: Path) -> bool:

@@ -21,14 +21,14 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-import calibration
-import config_checks
-from allocator import reuse_freed_memory
+from runtime import calibration
+from runtime import config_checks
+from runtime.allocator import reuse_freed_memory
 from callbacks.progress import duration
 from callbacks.stopwatch import share_line
-from checkpoint_io import AtomicCheckpointIO, check_fits, check_readable
-from errors import first_line
-from run_folder import checkpoint_to_resume, last_checkpoint, remove_if_empty
+from runtime.checkpoint_io import AtomicCheckpointIO, check_fits, check_readable
+from runtime.errors import first_line
+from runtime.run_folder import checkpoint_to_resume, last_checkpoint, remove_if_empty
 
 log = logging.getLogger("train")
 
@@ -90,7 +90,8 @@ def prepare(cfg: DictConfig, run_dir: Path):
         state_dict = check_readable(ckpt_path) if ckpt_path else None
         if cfg.calibrate.target_l0 is not None:
             calibration.check(cfg)
-        datamodule = instantiate(cfg.data)
+        datamodule = instantiate(cfg.data)  # its constructor checks its options
+        log.info("run folder: %s", run_dir)  # first: an LM run harvests for minutes in setup
         datamodule.setup("fit")
         model = make_model_within_memory(cfg)
         if ckpt_path:
@@ -99,7 +100,6 @@ def prepare(cfg: DictConfig, run_dir: Path):
         if rank_zero_only.rank == 0:
             remove_if_empty(run_dir)
         raise RunError(f"error: {first_line(error)}") from None
-    log.info("run folder: %s", run_dir)
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
     return datamodule, model, ckpt_path

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from lightning_fabric.plugins import TorchCheckpointIO
 
-from errors import first_line
+from runtime.errors import first_line
 
 
 class UnreadableCheckpoint(ValueError):
