@@ -69,6 +69,9 @@ def run(cfg: DictConfig) -> Path:
         raise ValueError(f"feature={cfg.feature} out of range: the run's model has {latents} latents (0..{latents - 1})")
     data = lm_data(run_cfg, run_dir, cfg.harvest)
     peak = largest_activation(model, data.splits["test"][0], cfg.feature)
+    if peak <= 0:
+        raise ValueError(f"feature {cfg.feature} never fires on the test split: c = strength x its largest activation "
+                         f"(0) adds nothing; pick a latent with a density above 0 in the feature browser")
     direction = directions(model)[0][cfg.feature]
     amount = cfg.strength * peak
 

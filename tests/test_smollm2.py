@@ -166,7 +166,11 @@ def test_the_browser_shows_logit_effects_and_steering_at_strength_zero_is_the_cl
     assert all(len(card["promoted"]) == len(card["suppressed"]) == 10 for card in page["features"])
     scores = [card["reason_score"] for card in page["features"]]
     assert scores == sorted(scores, reverse=True)  # a count keeps the highest ReasonScores
-    feature = page["features"][0]["index"]
+    # steer the latent that fires most on test (c is a multiple of its peak; the top ReasonScores of 508 tokens
+    # without reasoning words are latents that never fire, scored 0)
+    run_cli("-m", "analysis.features", f"run={run}", "top=1", "window=0", f"out={small_run / 'every_latent'}")
+    every = json.loads((small_run / "every_latent" / "features.json").read_text())["features"]
+    feature = max(every, key=lambda card: card["density"])["index"]
     result = run_cli("-m", "analysis.steer", f"run={run}", f"feature={feature}", "strength=0", "max_new_tokens=8",
                      "prompt=The tutorial introduces")
     [written] = [path.read_text() for path in (run / "steering").glob(f"feature{feature}_add_0_the-tutorial-introduces-*.md")]
@@ -177,10 +181,13 @@ def test_the_browser_shows_logit_effects_and_steering_at_strength_zero_is_the_cl
     [changed] = [path.read_text() for path in (run / "steering").glob(f"feature{feature}_add_200_*.md")]
     assert "wrote" in strong.stdout and changed.split("## Steered\n\n")[1].split("\n\n")[0] != unsteered
     assert re.search(r"at most 8 new tokens: \d+ unsteered, \d+ steered", changed)
-    for option, message in (("prompt=", "prompt is empty"), ("strength=nan", "strength=nan is not a finite number"),
+    dead = min(every, key=lambda card: card["max"])
+    assert dead["max"] == 0  # a fifth of this small SAE's latents never fire on test
+    for option, message in ((f"feature={dead['index']}", f"feature {dead['index']} never fires on the test split"),
+                            ("prompt=", "prompt is empty"), ("strength=nan", "strength=nan is not a finite number"),
                             ("max_new_tokens=0", "max_new_tokens=0 must be > 0")):
         bad = run_cli("-m", "analysis.steer", f"run={run}", f"feature={feature}", "strength=1", "max_new_tokens=8",
-                      "prompt=The tutorial introduces", option, check=False)
+                      "prompt=The tutorial introduces", option, check=False)  # the last of two values wins
         assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr[-1500:]
         assert bad.stderr.strip().splitlines()[-1].startswith(f"error: {message}"), bad.stderr[-1500:]
 
