@@ -28,6 +28,12 @@ def label(loss: str) -> str:
     return LABELS.get(loss, loss)
 
 
+def all_dead(runs) -> bool:
+    """Every unit of every seed dead: a = 0 everywhere, so r is uniform and the redundancy, entropy,
+    max_resp and effective components are those of no code at all, not of a decorrelated, spread one."""
+    return all(run.metrics["dead_fraction"] == 1 for run in runs)
+
+
 def group_by_loss(runs) -> dict[str, list]:
     """A–D in the README's order, then any other loss configuration."""
     groups = group(runs, lambda run: run.choices["loss"])
@@ -45,20 +51,17 @@ def figure_2(groups: dict[str, list]):
     for ax in axes[0][len(groups):]:
         ax.axis("off")
     hidden = {run.config["model"]["hidden_dim"] for runs in groups.values() for run in runs}
-    all_dead = [all(run.metrics["dead_fraction"] == 1 for run in runs) for runs in groups.values()]
+    dead = [all_dead(runs) for runs in groups.values()]
     for ax, (metric, ylabel) in zip(axes[1], BARS.items()):
         stats = [mean_std([run.metrics[metric] for run in runs]) for runs in groups.values()]
-        # no alive pair: 0 is no measurement, not a decorrelated code
-        texts = ["all dead" if dead and metric == "redundancy_norm" else f"{m:.4g}"
-                 for dead, (m, _) in zip(all_dead, stats)]
-        top = mean_std_bars(ax, [label(name) for name in groups], stats, texts)
+        measured = [not d or metric == "dead_fraction" for d in dead]
+        texts = [f"{m:.4g}" if ok else f"{m:.4g}\nall dead" for ok, (m, _) in zip(measured, stats)]
+        top = mean_std_bars(ax, [label(name) for name in groups], stats, texts, hollow=[not ok for ok in measured])
         if metric == "resp_entropy":
             for k in sorted(hidden):  # uniform responsibilities: the largest entropy k units allow
-                ax.axhline(np.log(k), color="tab:red", ls="--", lw=1)
-                ax.annotate(f"log k = {np.log(k):.3g} (k = {k} units):\nuniform r, the maximum", (1, np.log(k)),
-                            xycoords=("axes fraction", "data"), xytext=(-3, 2), textcoords="offset points",
-                            ha="right", fontsize=7, color="tab:red")
-            top = max(top, 1.25 * np.log(max(hidden)))  # room for its label
+                ax.axhline(np.log(k), color="tab:red", ls="--", lw=1, label=f"log k = {np.log(k):.3g}: uniform r (k = {k})")
+            ax.legend(fontsize=7, loc="upper center", frameon=False)
+            top = max(top, 1.3 * np.log(max(hidden)))  # room for the legend above the bars' labels
         ax.set_ylim(0, 1.0 if metric == "dead_fraction" else 1.15 * top + 1e-12)  # every bar here is >= 0
         ax.set_ylabel(ylabel, fontsize=8)
         ax.set_title(metric, fontsize=9)
@@ -73,9 +76,14 @@ def figure_2(groups: dict[str, list]):
 def main(cfg: DictConfig) -> None:
     encoder = ("an encoder run", lambda run: run.choices.get("model") == "encoder")  # the loss terms are its ablation
     groups = group_by_loss(load_runs(cfg.dir, needs=("unit_stats.npz",), kind=encoder))
-    table = markdown_table({label(name): [run.metrics for run in runs] for name, runs in groups.items()}, TABLE)
+    table = markdown_table({label(name) + (" (all units dead)" if all_dead(runs) else ""): [run.metrics for run in runs]
+                            for name, runs in groups.items()}, TABLE)
+    dead = [label(name) for name, runs in groups.items() if all_dead(runs)]
+    note = (f"\n{', '.join(dead)}: every unit is dead, so a = 0 for every example, r is uniform and its redundancy (0), "
+            f"responsibility entropy (log k), max_resp (1/k) and effective components (k) measure no code; they are "
+            f"hatched in the figure.\n" if dead else "")
     publish(Path(cfg.dir) / "analysis", figure_2(groups), "figure2_ablation",
-            f"# Ablation (validation split; mean ± std over seeds, {seeds_note(groups)})\n\n" + table,
+            f"# Ablation (validation split; mean ± std over seeds, {seeds_note(groups)})\n\n" + table + note,
             "ablation.md")
 
 

@@ -5,9 +5,9 @@ direction through the model's final norm and unembedding: the tokens it promotes
 
     python -m analysis.features run=<run dir> [split=test] [top=20] [features=<count or [list]>] [window=8]
 
-Writes into ``<run>/features/``: ``index.html`` (one self-contained page: an index of latents that sorts by
-density or ReasonScore and finds a latent by number, and a card per latent), ``features.json`` (the same data
-for programs) and ``reason_score.md`` (the top latents by ReasonScore). It reads the run's activation cache
+Writes into ``<run>/features/``: ``index.html`` (a self-contained page: an index of latents that sorts by
+density or ReasonScore and finds a latent by number, and the cards of the first ``cards_per_page`` latents; the
+next ones on ``block-1.html``, ``block-2.html``, ..., a click away), ``features.json`` (the same data for programs) and ``reason_score.md`` (the top latents by ReasonScore). It reads the run's activation cache
 (``harvest=true`` harvests it again where it is missing), streaming: memory grows with the latents times
 ``top``, not with the tokens. A count in ``features`` keeps the latents with the highest ReasonScore.
 """
@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from activations.cache import ActivationCache
 from activations.language_model import is_causal
-from analysis.features_page import render
+from analysis.features_page import render_pages
 from analysis.runs import against_pca, left_out_note
 from analysis.stamp import stamp_line
 from analysis.trained import run_config, trained_model
@@ -133,8 +133,8 @@ def browse(cfg: DictConfig) -> Path:
     words = list(cfg.reasoning_words or [])
     if not words:
         raise ValueError("reasoning_words is empty: ReasonScore needs at least one word")
-    if cfg.top <= 0 or cfg.window < 0:
-        raise ValueError(f"top={cfg.top} must be > 0 and window={cfg.window} >= 0")
+    if cfg.top <= 0 or cfg.window < 0 or cfg.cards_per_page <= 0:
+        raise ValueError(f"top={cfg.top} and cards_per_page={cfg.cards_per_page} must be > 0 and window={cfg.window} >= 0")
     data = lm_data(run_cfg, run_dir, cfg.harvest)
     _, model = trained_model(run_dir)
     input_ids, real, grid = token_grid(data, cfg.split)
@@ -205,11 +205,16 @@ def browse(cfg: DictConfig) -> Path:
                                        for name, variants in groups.items()},
                              "alpha": cfg.alpha, "window": "1 token before, 2 after each matched token"},
             "vocab": vocab, "features": cards}
-    write_whole(out / "features.json", json.dumps(page))
-    write_whole(out / "index.html", render(page))
+    write_whole(out / "features.json", json.dumps(page, separators=(",", ":")))
+    for stale in out.glob("block-*.html"):  # a page of an earlier, larger browser
+        stale.unlink()
+    pages = render_pages(page, cfg.cards_per_page)
+    for name, text in pages.items():
+        write_whole(out / name, text)
     write_whole(out / "reason_score.md", reason_table(page))
     seconds = time.time() - started
-    print(f"wrote {out / 'index.html'}, features.json and reason_score.md: {len(chosen)} of {latents} latents over "
+    more = f" (and {len(pages) - 1} more pages of cards, block-<b>.html)" if len(pages) > 1 else ""
+    print(f"wrote {out / 'index.html'}{more}, features.json and reason_score.md: {len(chosen)} of {latents} latents over "
           f"{tops.tokens} {cfg.split} tokens in {seconds:.0f} s")
     log_to_wandb(run_cfg, run_dir, out / "index.html")
     return out

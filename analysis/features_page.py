@@ -1,6 +1,9 @@
-"""The feature browser's page: one static HTML file with its data inside, no CDN and no server. An index of
-the latents (sorted by clicking a column, a latent found by its number) and the card of the latent chosen
-(the first by ReasonScore when the page opens, or the one in the address's #latent-<i>)."""
+"""The feature browser's pages: static HTML files with their data inside, no CDN and no server. Every page
+holds the index of all latents (sorted by clicking a column, a latent found by its number) and the cards of
+one block of latents (``cards_per_page``), in the order analysis.features chose them (index.html the first
+block, by ReasonScore when a count was asked for; block-<b>.html the others): a card of another block is a link away,
+so no page carries every card (3,072 latents x 20 contexts is 17 MB in one page). The card shown is the
+first of the page's block, or the one in the address's #latent-<i>."""
 import html
 import json
 
@@ -26,7 +29,7 @@ tr.latent:hover, tr.chosen { background: #fff2d9; cursor: pointer; }
 
 SCRIPT = """
 const data = JSON.parse(document.getElementById('data').textContent);
-const vocab = data.vocab;
+const vocab = data.vocab, cards = new Map(data.cards.map(card => [card.index, card]));
 let order = data.features.map((_, n) => n), sortKey = 'reason_score', descending = true;
 const fmt = v => (typeof v === 'number') ? Number(v.toPrecision(3)).toString() : v;
 const show = t => (vocab[t] ?? '?').replace(/\\n/g, '\\u21b5');
@@ -47,21 +50,27 @@ function sortBy(key) {
 }
 
 function histogram(f) {
-  const counts = f.histogram.counts, peak = Math.max(1, ...counts), w = 12, h = 60;
-  const bars = counts.map((c, k) => `<rect x="${k * w}" y="${h - h * c / peak}" width="${w - 1}" ` +
+  const counts = f.histogram.counts, peak = Math.max(1, ...counts), w = 12, h = 60, left = 44;
+  const bars = counts.map((c, k) => `<rect x="${left + k * w}" y="${h - h * c / peak + 4}" width="${w - 1}" ` +
     `height="${h * c / peak}" fill="#e67e22"><title>${fmt(f.histogram.edges[k])} to ` +
     `${fmt(f.histogram.edges[k + 1])}: ${c}</title></rect>`).join('');
-  return `<svg width="${counts.length * w}" height="${h + 14}" role="img">${bars}` +
-    `<text x="0" y="${h + 12}" font-size="10">${fmt(f.histogram.edges[0])}</text>` +
-    `<text x="${counts.length * w - 30}" y="${h + 12}" font-size="10">${fmt(f.max)}</text></svg>`;
+  const right = left + counts.length * w;
+  return `<svg width="${right + 4}" height="${h + 30}" role="img">${bars}` +
+    `<line x1="${left - 2}" y1="4" x2="${left - 2}" y2="${h + 4}" stroke="#888"/>` +
+    `<text x="${left - 5}" y="12" font-size="10" text-anchor="end">${peak}</text>` +
+    `<text x="${left - 5}" y="${h + 4}" font-size="10" text-anchor="end">0</text>` +
+    `<text x="${left - 5}" y="${h / 2 + 8}" font-size="10" text-anchor="end">tokens</text>` +
+    `<text x="${left}" y="${h + 16}" font-size="10">${fmt(f.histogram.edges[0])}</text>` +
+    `<text x="${right}" y="${h + 16}" font-size="10" text-anchor="end">${fmt(f.max)}</text>` +
+    `<text x="${(left + right) / 2}" y="${h + 28}" font-size="10" text-anchor="middle">activation</text></svg>`;
 }
 
-function context(c, f) {
-  const spans = c.tokens.map((t, k) => {
-    const a = Math.max(0, c.acts[k]) / (f.max || 1);
-    return `<span class="token${k === c.focus ? ' focus' : ''}" style="background: rgba(230, 126, 34, ${a.toFixed(3)})"` +
-      ` title="${fmt(c.acts[k])}">${escapeHtml(show(t))}</span>`; }).join('');
-  return `<div class="context">${spans} <span class="note">(${fmt(c.acts[c.focus])})</span></div>`;
+function context([position, focus, tokens, acts], f) {  // compact: [position, focus, [token ids], [acts]]
+  const spans = tokens.map((t, k) => {
+    const a = Math.max(0, acts[k]) / (f.max || 1);
+    return `<span class="token${k === focus ? ' focus' : ''}" style="background: rgba(230, 126, 34, ${a.toFixed(3)})"` +
+      ` title="${fmt(acts[k])}">${escapeHtml(show(t))}</span>`; }).join('');
+  return `<div class="context">${spans} <span class="note">(${fmt(acts[focus])})</span></div>`;
 }
 
 function escapeHtml(s) {
@@ -69,17 +78,18 @@ function escapeHtml(s) {
 }
 
 function logits(f) {
-  if (!f.promoted) return `<p class="note">Logit effect: ${data.logit_effect}.</p>`;
+  const note = `<p class="note">${data.logit_effect[0].toUpperCase()}${data.logit_effect.slice(1)}.</p>`;
+  if (!f.promoted) return note;
   const table = (title, rows) => `<table><tr><th>${title}</th><th>logit</th></tr>` +
     rows.map(([t, v]) => `<tr><td>${escapeHtml(show(t))}</td><td>${fmt(v)}</td></tr>`).join('') + '</table>';
-  return `<p class="note">Logit effect: ${data.logit_effect}.</p><div class="logits">` +
-    table('promotes', f.promoted) + table('suppresses', f.suppressed) + '</div>';
+  return note + '<div class="logits">' + table('promotes', f.promoted) + table('suppresses', f.suppressed) + '</div>';
 }
 
 function choose(index) {
-  const f = data.features.find(g => g.index === index);
+  const entry = data.features.find(g => g.index === index), f = cards.get(index);
   const card = document.getElementById('card');
-  if (!f) { card.innerHTML = `<p>Latent ${index} is not on this page (features= chose others).</p>`; return; }
+  if (!entry) { card.innerHTML = `<p>Latent ${index} is not in this browser (features= chose others).</p>`; return; }
+  if (!f) { location.href = `${data.pages[entry.block]}#latent-${index}`; return; }  // its card is on another page
   document.querySelectorAll('tr.chosen').forEach(r => r.classList.remove('chosen'));
   const row = document.getElementById(`row-${index}`);
   if (row) { row.classList.add('chosen'); row.scrollIntoView({block: 'nearest'}); }
@@ -100,19 +110,48 @@ function find(event) {
 
 drawIndex();
 const wanted = /^#latent-(\\d+)$/.exec(location.hash);
-choose(wanted ? Number(wanted[1]) : data.features[order[0]].index);
+choose(wanted ? Number(wanted[1]) : data.cards[0].index);
 """
 
 
-def render(page: dict) -> str:
-    """The page for ``page`` (analysis.features' data), as one HTML string."""
-    data = json.dumps(page).replace("</", "<\\/")  # no </script> inside the data
+def page_name(block: int) -> str:
+    return "index.html" if block == 0 else f"block-{block}.html"
+
+
+def render_pages(page: dict, per_page: int) -> dict[str, str]:
+    """The browser for ``page`` (analysis.features' data): file name -> HTML, a page per ``per_page`` cards."""
+    cards = page["features"]
+    blocks = range(max(1, -(-len(cards) // per_page)))
+    index = [{key: card[key] for key in ("index", "density", "max", "reason_score")} | {"block": n // per_page}
+             for n, card in enumerate(cards)]
+    shared = {key: value for key, value in page.items() if key not in ("features", "vocab")}
+    pages = {}
+    for block in blocks:
+        own = [compact(card) for card in cards[block * per_page:(block + 1) * per_page]]
+        used = {str(t) for card in own for context in card["contexts"] for t in context[2]}
+        used |= {str(t) for card in own for t, _ in card.get("promoted", []) + card.get("suppressed", [])}
+        data = shared | {"features": index, "cards": own, "pages": [page_name(b) for b in blocks],
+                         "vocab": {t: text for t, text in page["vocab"].items() if t in used}}
+        pages[page_name(block)] = render(page, data, f"cards {block * per_page + 1}-{block * per_page + len(own)} of "
+                                                     f"{len(cards)} on this page, page {block + 1} of {len(blocks)}")
+    return pages
+
+
+def compact(card: dict) -> dict:
+    """A card with its contexts as [position, focus, tokens, acts]: the keys once per page, not per context."""
+    return card | {"contexts": [[c["position"], c["focus"], c["tokens"], c["acts"]] for c in card["contexts"]]}
+
+
+def render(page: dict, data: dict, shown: str) -> str:
+    """One page of the browser, as an HTML string; ``shown`` says which cards it holds."""
+    data = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")  # no </script> inside the data
     title = html.escape(f"{page['model']} layer {page['layer']}: {len(page['features'])} latents")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>{STYLE}</style></head>
 <body>
 <div id="side"><header><h1>{title}</h1>
-<div class="note">{html.escape(page['run'])}: {page['tokens']} {page['split']} tokens, {page['latents']} latents.
+<div class="note">{html.escape(page['run'])}: {page['tokens']} {page['split']} tokens, {page['latents']} latents;
+{shown}.
 ReasonScore: the reasoning words' windows against the rest (docs/features.md).<br>
 The SAE: {html.escape(page.get('fidelity', ''))}.<br>{html.escape(page['stamp'])}</div>
 <form onsubmit="find(event)"><label>latent <input id="find" type="number" min="0" max="{page['latents'] - 1}"></label>

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from analysis.runs import (against_pca, architecture, column, group, left_out_note, load_runs, markdown_table, mean_std,
-                           seeds_note)
+                           seeds_note, sparsity_of)
 from analysis.stamp import stamp_line
 from evaluation.linear_fits import pca_fvu
 from evaluation.plots import density_histogram, publish, save_figure
@@ -26,16 +26,15 @@ COLUMNS = ["l0_test", "fvu", "pca_fvu_at_l0", "explained_variance", "downstream_
 PER_LAYER = {  # metric -> y label, with its unit
     "fvu": "FVU on test",
     "downstream_recovered": "recovered (fraction)",
-    "l0": "active latents per token",
-    "dead_fraction": "dead latents (fraction)",
-    "dense_fraction": "dense, > 10% of tokens (fraction)",
+    "l0_test": "active latents per token",
+    "dead_fraction": "dead latents, validation (fraction)",
+    "dense_fraction": "dense, > 10% of val tokens (fraction)",
 }
 
 
 def groups_of(runs) -> dict[tuple, list]:
-    """(layer, architecture, sparsity knob) -> the runs over seeds."""
-    return group(runs, lambda run: (run.config["data"]["layer"], architecture(run),
-                                    float(run.config.get("sparsity") or 0)))
+    """(layer, architecture, sparsity knob: "λ 5" or "k 32") -> the runs over seeds."""
+    return group(runs, lambda run: (run.config["data"]["layer"], architecture(run), sparsity_of(run)))
 
 
 def pca_curves(runs) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -63,7 +62,7 @@ def layer_figure(groups: dict):
             stats = [(layer, *mean_std(column(runs, metric))) for layer, runs in points if column(runs, metric)]
             if stats:
                 layers, means, stds = zip(*stats)
-                ax.errorbar(layers, means, yerr=stds, marker="o", capsize=2, label=f"{arch} ({knob:g})")
+                ax.errorbar(layers, means, yerr=stds, marker="o", capsize=2, label=f"{arch} ({knob})")
         if metric == "downstream_recovered":
             for (arch, knob), points in by_arch.items():
                 stats = [(layer, mean_std(column(runs, "downstream_recovered_mean"))[0]) for layer, runs in points]
@@ -76,7 +75,8 @@ def layer_figure(groups: dict):
             top = 1.05 * ax.get_ylim()[1]
             ax.set_ylim(-0.05 * top, top)
     axes[0].legend(fontsize=6)
-    figure.suptitle(f"SAEs on LM activations by layer, test tokens, {seeds_note(groups)} per point", fontsize=10)
+    figure.suptitle(f"SAEs on LM activations by layer, test tokens (dead and dense: validation), {seeds_note(groups)} "
+                    f"per point", fontsize=10)
     figure.tight_layout()
     return figure
 
@@ -91,7 +91,7 @@ def density_figure(groups: dict):
         for (group_layer, group_arch, knob), runs in groups.items():
             stats = runs[0].path / "unit_stats.npz"
             if (group_layer, group_arch) == (layer, arch) and stats.is_file():
-                density_histogram(ax, np.load(stats)["firing_frequency"], f"sparsity {knob:g}")
+                density_histogram(ax, np.load(stats)["firing_frequency"], knob)
         ax.set_title(f"L{layer} {arch}", fontsize=9)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
@@ -136,7 +136,7 @@ def main(cfg: DictConfig) -> None:
     runs = load_runs(cfg.dir, kind=("a run on LM activations", lambda run: "layer" in run.config["data"]))
     groups = groups_of(runs)
     curves = pca_curves(runs)
-    rows = {f"L{layer} {arch} ({knob:g})": [run.metrics | {"beats_pca": against_pca(run.metrics)} for run in group]
+    rows = {f"L{layer} {arch} ({knob})": [run.metrics | {"beats_pca": against_pca(run.metrics)} for run in group]
             for (layer, arch, knob), group in groups.items()}
     ks = next(iter(curves.values()))[0]  # the same grid for every layer: one width
     pca_rows = ["| layer | " + " | ".join(f"k={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]

@@ -14,10 +14,8 @@ import matplotlib.pyplot as plt
 from omegaconf import DictConfig
 
 from analysis.runs import Run, format_mean_std, group, load_runs, mean_std, seeds_note
+from callbacks.logit_fidelity import MAX_LOSS_SPARSEST, REFERENCE, SPARSEST
 from evaluation.plots import publish
-
-REFERENCE = {"l0": 1.63, "delta_acc": 0.0562, "delta_ce": 0.25}  # the seed study's JumpReLU, on test
-SPARSEST, MAX_LOSS_SPARSEST = 1.1, 0.02  # goal: some family at L0 <= 1.1 loses at most 2 points
 
 
 def test_split(run: Run) -> dict:

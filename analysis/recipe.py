@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from analysis.runs import against_pca, left_out_note, load_runs
+from analysis.runs import against_pca, left_out_note, load_runs, sparsity_of
 from analysis.stamp import stamp_line
 from evaluation.plots import publish
 
@@ -54,14 +54,6 @@ def row(run) -> dict:
             "pca_ce_loss_recovered": metrics.get("pca_ce_loss_recovered_at_l0"),
             "beats_pca": against_pca(metrics), "dead_fraction": metrics["dead_fraction"],
             "training_minutes": sum(time.get(phase, 0.0) for phase in TRAINING_PHASES) / 60}
-
-
-def sparsity_of(run) -> str:
-    """The run's sparsity knob as the table shows it: lambda of its sparsity term, or k."""
-    if "k" in run.config["model"]:
-        return f"k {run.config['model']['k']}"
-    weights = run.config["loss"]["weights"]
-    return ", ".join(f"λ {weights[name]:g}" for name in ("l1_decnorm", "l1", "l0") if name in weights) or "–"
 
 
 def verdict(r: dict) -> str:

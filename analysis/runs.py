@@ -108,6 +108,14 @@ def architecture(run: Run) -> str:
     return f"{run.choices['model']}:{run.choices['loss']}"
 
 
+def sparsity_of(run) -> str:
+    """The run's sparsity knob as the tables and legends show it: lambda of its sparsity term, or k."""
+    if "k" in run.config["model"]:
+        return f"k {run.config['model']['k']}"
+    weights = run.config["loss"]["weights"]
+    return ", ".join(f"λ {weights[name]:g}" for name in ("l1_decnorm", "l1", "l0") if name in weights) or "–"
+
+
 def column(runs: list[Run], metric: str) -> list[float]:
     """A metric over runs, skipping those that lack it or hold a non-number."""
     return [run.metrics[metric] for run in runs if isinstance(run.metrics.get(metric), (int, float))]

@@ -1,6 +1,8 @@
 """Fidelity of a sparse code of classifier logits: accuracy and cross-entropy when the logits are
 replaced by their reconstructions, MSE in the normalised and the raw space, per split; the per-example
-validation MSE; written to summary.json and BEST_RESULTS.md in the run dir and to the loggers."""
+validation MSE; beside them the seed study's reference and a PCA of as many components as the code's test L0
+(the same budget of numbers per example); written to summary.json and BEST_RESULTS.md in the run dir and to
+the loggers."""
 import json
 from pathlib import Path
 
@@ -10,8 +12,11 @@ from torch import Tensor
 
 from callbacks.metrics_file import report
 from callbacks.read_out import ReadOut
-from evaluation.linear_fits import reconstructor
+from evaluation.linear_fits import pca_reconstruction, principal_subspace, reconstructor
 from runtime.files import write_whole
+
+REFERENCE = {"l0": 1.63, "delta_acc": 0.0562, "delta_ce": 0.25}  # the seed study's JumpReLU, on test
+SPARSEST, MAX_LOSS_SPARSEST = 1.1, 0.02  # goal: L0 <= 1.1 losing at most 2 points of accuracy
 
 
 def fidelity(logits: Tensor, reconstructed: Tensor, labels: Tensor) -> dict[str, float]:
@@ -38,6 +43,18 @@ def markdown(summary: dict) -> str:
     per_example = summary["val_mse_per_example"]
     lines += ["", "## Per-example validation MSE (normalised)", "", "| " + " | ".join(per_example) + " |",
               "|---" * len(per_example) + "|", "| " + " | ".join(f"{v:.5g}" for v in per_example.values()) + " |"]
+    test, pca = splits["test"], summary["pca_at_l0"]
+    goal = test["l0"] <= SPARSEST and test["delta_acc"] <= MAX_LOSS_SPARSEST
+    lines += ["", "## Against the seed's reference and a PCA of the same budget (test)", "",
+              "| code | L0 | Δacc (points lost) | ΔCE |", "|---|---|---|---|",
+              f"| this SAE | {test['l0']:.3g} | {100 * test['delta_acc']:.2f} | {test['delta_ce']:+.3f} |",
+              f"| the seed's reference JumpReLU | {REFERENCE['l0']} | {100 * REFERENCE['delta_acc']:.2f} | "
+              f"+{REFERENCE['delta_ce']} |",
+              f"| PCA of train, {pca['k']} component{'s' * (pca['k'] > 1)} | {pca['k']} | {100 * pca['delta_acc']:.2f} | "
+              f"{pca['delta_ce']:+.3f} |", "",
+              f"Goal, L0 ≤ {SPARSEST} losing at most {100 * MAX_LOSS_SPARSEST:g} points: {'met' if goal else 'not met'}"
+              + (" (the PCA meets it too)" if pca["k"] <= SPARSEST and pca["delta_acc"] <= MAX_LOSS_SPARSEST else "")
+              + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -68,10 +85,15 @@ class LogitFidelity(ReadOut):
                                "worst_index": int(errors.argmax())}
         pl_module.train(was_training)
         test = splits["test"]
+        k = max(1, round(test["l0"]))
+        mean, vectors = principal_subspace(datamodule.splits["train"][0], k)
+        x_test, test_labels = datamodule.splits["test"]
+        pca_hat = pca_reconstruction(x_test, mean.to(x_test.device), vectors.to(x_test.device)).to(x_test.dtype)
+        pca = {"k": k} | fidelity(datamodule.inverse(x_test), datamodule.inverse(pca_hat), test_labels)
         summary = self.summary | {
             "achieved_actives_val": splits["val"]["l0"], "baseline_acc": test["acc"],
             "recon_acc_logits": test["acc_recon"], "delta_acc_logits": test["delta_acc"],
-            "splits": splits, "val_mse_per_example": per_example}
+            "pca_at_l0": pca, "splits": splits, "val_mse_per_example": per_example}
         self.output_dir.mkdir(parents=True, exist_ok=True)
         write_whole(self.output_dir / "summary.json", json.dumps(summary, indent=2))
         write_whole(self.output_dir / "BEST_RESULTS.md", markdown(summary))

@@ -73,7 +73,7 @@ class UnitMetrics(pl.Callback):
         if not self.figures:
             return
         figures = unit_figures(self.arrays["corr"], directions, self.arrays["firing_frequency"],
-                               self.arrays["active_counts"], f"{self.label} ({self.output_dir})")
+                               self.arrays["active_counts"], self.label)
         for name, figure in figures.items():
             for path in save_figure(figure, self.output_dir / "figures" / name, self.formats):
                 for logger in trainer.loggers:

@@ -1,4 +1,5 @@
 """Figures shared by the training callbacks and the analysis commands."""
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -31,15 +32,21 @@ def show_correlation(ax, corr: np.ndarray, firing_frequency: np.ndarray, title: 
         ax.text(0.5, 0.5, "all units dead\n(no correlation defined)", transform=ax.transAxes, ha="center",
                 va="center", fontsize=9, color="tab:red")
         return
+    notes = [f"the first {shown} of {len(firing_frequency)} units"] if shown < len(firing_frequency) else []
     dead = int((firing_frequency[:shown] == 0).sum())
-    show_matrix(ax, np.abs(corr), f"|Corr(a)|: {title}" + (f"\n({dead} dead units: zero rows)" if dead else ""))
+    notes += [f"{dead} dead: zero rows"] if dead else []
+    show_matrix(ax, np.abs(corr), f"|Corr(a)|: {title}" + (f"\n({'; '.join(notes)})" if notes else ""))
 
 
-def mean_std_bars(ax, names: list[str], stats: list[tuple[float, float]], texts: list[str] | None = None) -> float:
+def mean_std_bars(ax, names: list[str], stats: list[tuple[float, float]], texts: list[str] | None = None,
+                  hollow: list[bool] | None = None) -> float:
     """Bars of mean ± std over seeds (a nan std, one seed, draws no error bar), each value written above its
-    error bar; returns the highest bar top."""
+    error bar, a ``hollow`` one drawn as an outline (a value that measures nothing); returns the highest bar top."""
     means, stds = zip(*stats)
-    ax.bar(names, means, yerr=stds, capsize=3, color="tab:blue")
+    bars = ax.bar(names, means, yerr=stds, capsize=3, color="tab:blue")
+    for bar, empty in zip(bars, hollow or []):
+        if empty:
+            bar.set(facecolor="none", edgecolor="grey", hatch="//")
     tops = [m + np.nan_to_num(s) for m, s in stats]
     for x, (top, text) in enumerate(zip(tops, texts or [f"{m:.4g}" for m in means])):
         ax.annotate(text, (x, top), xytext=(0, 2), textcoords="offset points", ha="center", fontsize=7)
@@ -50,7 +57,8 @@ def mean_std_bars(ax, names: list[str], stats: list[tuple[float, float]], texts:
 def unit_figures(corr: np.ndarray, directions: np.ndarray, firing_frequency: np.ndarray,
                  active_counts: np.ndarray, run: str) -> dict:
     """The per-run figures (validation split): |Corr| of the code, cosines of the feature directions,
-    firing histograms, and how many latents each example activates; each titled with ``run``."""
+    firing histograms, and how many latents each example activates; each titled with ``run`` (what the run
+    is: its overrides)."""
     unit = directions / np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)
     figures = {}
     figures["abs_corr"], ax = plt.subplots(figsize=(4.4, 3.9))
@@ -67,7 +75,7 @@ def unit_figures(corr: np.ndarray, directions: np.ndarray, firing_frequency: np.
     figures["active_counts"], ax = plt.subplots(figsize=(4.2, 3.2))
     active_count_histogram(ax, active_counts)
     for figure in figures.values():
-        figure.suptitle(run, fontsize=7)
+        figure.suptitle(textwrap.fill(run, 56), fontsize=8)
         figure.tight_layout()
     return figures
 
@@ -94,10 +102,11 @@ def active_count_histogram(ax, active_counts: np.ndarray) -> None:
     bars = ax.bar(np.arange(shown), fractions[:shown], width=0.9, color="tab:blue")
     bars[0].set_color("tab:red")
     mean = float((np.arange(len(fractions)) * fractions).sum())
-    ax.set_title(f"mean L0 {mean:.3g}; {fractions[0]:.1%} of examples with none active", fontsize=8)
+    mean_text = f"{mean:.3g}" if mean < 1000 else f"{mean:.0f}"  # 1432, not 1.43e+03
+    ax.set_title(f"mean L0 {mean_text}; {fractions[0]:.1%} of examples with none active", fontsize=8)
     ax.set_xlabel("active latents per example (validation)")
     ax.set_xlim(-0.5, max(shown, 4) - 0.5)  # wide enough for whole-number ticks
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))  # few enough that 4-digit counts do not touch
     ax.set_ylabel("fraction of examples")
 
 

@@ -136,7 +136,7 @@ def test_figure_2_names_configurations_split_and_seeds_and_draws_no_error_bar_fo
         assert entropy.get_ylabel().endswith("(nats)") and bars[0].get_ylabel().endswith("(fraction)")
         dashed = [line.get_ydata()[0] for line in entropy.lines if line.get_linestyle() == "--"]
         assert dashed == [pytest.approx(np.log(8))]  # k = 8 units
-        assert any("uniform r, the maximum" in text.get_text() for text in entropy.texts)
+        assert [text.get_text() for text in entropy.get_legend().get_texts()] == [f"log k = {np.log(8):.3g}: uniform r (k = 8)"]
         plt.close(figure)
 
 
@@ -145,7 +145,9 @@ def test_an_all_dead_code_is_marked_not_drawn_as_decorrelated():
     show_correlation(dead, np.zeros((4, 4)), np.zeros(4), "run")
     show_correlation(alive, np.eye(4), np.array([0.5, 0.5, 0.0, 0.5]), "run")
     assert [text.get_text() for text in dead.texts] == ["all units dead\n(no correlation defined)"]
-    assert not alive.texts and "1 dead units" in alive.get_title()
+    assert not alive.texts and "(1 dead: zero rows)" in alive.get_title()
+    show_correlation(alive, np.eye(2), np.array([0.5, 0.0, 0.5, 0.5]), "run")  # the first 2 units' correlations only
+    assert "(the first 2 of 4 units; 1 dead: zero rows)" in alive.get_title()
     assert alive.get_xlabel() == "unit j" and alive.get_ylabel() == "unit i"
     plt.close(figure)
 

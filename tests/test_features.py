@@ -155,11 +155,26 @@ def test_the_browser_page_opens_in_chromium_with_its_index_and_a_latent_card(lm_
         if os.environ.get("CI") == "true":
             pytest.fail("chromium is missing under CI: the README's test command installs it (scripts/browser.sh)")
         pytest.skip("chromium is not installed (bash scripts/browser.sh installs it)")
-    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
-                          (out / "index.html").as_uri()], capture_output=True, text=True, timeout=120).stdout
-    assert dom.count('class="latent"') == 64  # the index, one row per latent
-    assert 'id="latent-card"' in dom and dom.count('class="context"') >= 1  # the first card, with its contexts
-    assert "not a causal LM" in dom  # what does not apply is said, not failed
+    def dom(page: str) -> str:
+        return subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page],
+                              capture_output=True, text=True, timeout=120).stdout
+
+    first = dom((out / "index.html").as_uri())
+    assert first.count('class="latent"') == 64  # the index, one row per latent
+    assert 'id="latent-card"' in first and first.count('class="context"') >= 1  # the first card, with its contexts
+    shown_card = first.split('<main id="card">')[1].split("</main>")[0]
+    assert "not a causal LM" in shown_card and shown_card.count("Logit effect") == 1  # said, and once
+    assert "cards 1-64 of 64 on this page, page 1 of 1" in first and not list(out.glob("block-*.html"))
+
+    run_cli("-m", "analysis.features", f"run={lm_run / 'run'}", "top=5", "window=3", "cards_per_page=16")
+    assert sorted(path.name for path in out.glob("*.html")) == ["block-1.html", "block-2.html", "block-3.html",
+                                                                 "index.html"]
+    later = page["features"][40]  # on the third page: cards 33-48
+    third = dom((out / "block-2.html").as_uri() + f"#latent-{later['index']}")
+    assert third.count('class="latent"') == 64 and f"Latent {later['index']}</h2>" in third
+    assert "cards 33-48 of 64 on this page, page 3 of 4" in third
+    sizes = [path.stat().st_size for path in out.glob("*.html")]
+    assert max(sizes) < 0.5 * (out / "features.json").stat().st_size  # no page carries every card
 
 
 @pytest.mark.parametrize("command, message", [

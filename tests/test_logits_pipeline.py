@@ -57,7 +57,7 @@ def test_standardised_logits_invert_to_the_classifier_outputs(classifier_ckpt, t
 
 
 def test_pipeline_end_to_end_with_a_given_classifier(classifier_ckpt, tmp_path):
-    run_cli("train.py", "experiment=logits_sae", f"data.classifier_ckpt={classifier_ckpt}", *TINY,
+    run_cli("train.py", "experiment=logits_jumprelu", f"data.classifier_ckpt={classifier_ckpt}", *TINY,
             f"hydra.run.dir={tmp_path}")
     summary = json.loads((tmp_path / "summary.json").read_text())
     for key in ("target_actives", "achieved_actives_val", "lambda", "baseline_acc", "recon_acc_logits",
@@ -82,7 +82,7 @@ def test_pipeline_end_to_end_with_a_given_classifier(classifier_ckpt, tmp_path):
     ("calibrate.target_l0=-1", "calibrate.target_l0 must be in"),
 ])
 def test_bad_pipeline_input_fails_in_one_line(tmp_path, override, message):
-    result = run_cli("train.py", "experiment=logits_sae", override, *TINY, f"hydra.run.dir={tmp_path}", check=False)
+    result = run_cli("train.py", "experiment=logits_jumprelu", override, *TINY, f"hydra.run.dir={tmp_path}", check=False)
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode != 0 and last.startswith("error: ") and message in last, last
     assert "Traceback" not in result.stderr
@@ -108,7 +108,7 @@ hydra:
       model: gated,topk,batchtopk
       loss: mse_gated,mse_auxk,mse_auxk
       calibrate.target_l0: 2,null,null
-      +sparsity: 0.1,1,2
+      sparsity: 0.1,1,2
 """
 
 
@@ -124,3 +124,15 @@ def test_frontier_sweep_and_analysis_on_a_shared_classifier(classifier_ckpt, tmp
     assert (sweep / "analysis" / "logits_frontier.png").is_file()
     assert "| gated | target L0 2 | 2 |" in table and "| topk | k 1 | 2 |" in table
     assert "| batchtopk | k 2 | 2 |" in table and "## Goals" in result.stdout
+
+
+def test_the_default_experiment_keeps_one_latent_and_two_points_of_accuracy(tmp_path):
+    """``train.py experiment=logits_sae`` as a user first runs it: its own classifier, every default."""
+    run_cli("train.py", "experiment=logits_sae", "logger=csv", f"hydra.run.dir={tmp_path}")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    test = summary["splits"]["test"]
+    assert test["l0"] <= 1.1 and test["delta_acc"] <= 0.02, test
+    assert summary["pca_at_l0"]["k"] == 1 and summary["pca_at_l0"]["delta_acc"] > test["delta_acc"]  # it beats the PCA
+    report = (tmp_path / "BEST_RESULTS.md").read_text()
+    assert "| the seed's reference JumpReLU | 1.63 | 5.62 |" in report
+    assert "Goal, L0 ≤ 1.1 losing at most 2 points: met." in report
