@@ -24,7 +24,7 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lightning_modules.base import NonFiniteLossError
-from runtime import job
+from runtime import config_checks, job
 from runtime import resolvers  # noqa: F401  (the ${run_dir_of:...} and other resolvers conf/ uses)
 from runtime.errors import first_line
 from runtime.run_folder import finished, last_checkpoint, live_process, read_metrics, trains_further
@@ -96,4 +96,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    try:
+        config_checks.check_unquoted_text(sys.argv[1:])
+    except ValueError as error:
+        sys.exit(f"error: {error}")
     main()

@@ -7,11 +7,26 @@ import types
 import typing
 
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 SECTIONS_WITH_TARGETS = ("model", "data", "trainer")
 SIMPLE = {int: "an int", float: "a number", bool: "true or false", str: "a string"}
+
+
+def check_unquoted_text(arguments: list[str]) -> None:
+    """A command-line value Hydra's grammar cannot lex because it holds non-ASCII text (model.activation=relü)
+    is one error line that says how to quote it, before Hydra's three-line lexer report."""
+    for argument in arguments:
+        if argument.startswith("-") or "=" not in argument or argument.isascii():
+            continue
+        try:
+            OverridesParser.create().parse_overrides([argument])
+        except OverrideParseException:
+            key, value = argument.split("=", 1)
+            raise ValueError(f"{argument}: Hydra cannot read non-ASCII text unquoted; quote the value: {key}='{value}'")
 
 
 def check(cfg: DictConfig) -> None:

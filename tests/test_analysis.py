@@ -164,6 +164,19 @@ def test_histograms_of_an_all_dead_code_keep_their_count_axes():
     plt.close(figure)
 
 
+def test_the_active_count_histogram_of_a_dense_lm_code_reads_plainly():
+    figure, ax = plt.subplots(figsize=(4.2, 3.2))  # the per-run figure's size
+    counts = np.zeros(1501)
+    counts[1400:1500] = 1  # L0 about 1450 per token, as a wide LM SAE's
+    active_count_histogram(ax, counts)
+    figure.canvas.draw()
+    assert "mean L0 1450;" in ax.get_title()  # not 1.45e+03
+    labels = [label for label in ax.get_xticklabels() if label.get_text()]
+    boxes = [label.get_window_extent() for label in labels]
+    assert len(labels) <= 7 and not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:]))  # no "9001050"
+    plt.close(figure)
+
+
 def test_theorem_figure_fits_its_axes_and_shows_the_residual_on_its_own_scale():
     resp = torch.softmax(-torch.randn(64, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), -1)
     grad = resp + 1e-17 * torch.linspace(-1, 1, resp.numel(), dtype=torch.float64).view_as(resp)

@@ -139,6 +139,8 @@ def test_theorem_command_prints_exact_agreement(tmp_path):
     ("+trainer.precision=16-mixed", "trainer.precision=16-mixed is float16, which needs a GPU: on CPU use bf16-mixed"),
     (f"torch_threads={len(os.sched_getaffinity(0)) + 1}", "is above this machine's"),
     ("model.hidden_dim=200000000", "the model "),  # 200M x 32 inputs: 26 GB of weights, or 4x that to train
+    ("model.activation=relü", "Hydra cannot read non-ASCII text unquoted; quote the value: model.activation='relü'"),
+    ("model.activation='relü'", "unknown model.activation 'relü'"),  # quoted, it reaches the config check
 ])
 def test_impossible_values_fail_in_one_line_before_training(tmp_path, override, message):
     result = run_cli("train.py", *QUICK, override, f"hydra.run.dir={tmp_path / 'run'}", check=False,
