@@ -12,7 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 from analysis.runs import load_runs
-from analysis.stamp import stamp_line
+from analysis.stamp import runs_line, stamp_line
 from lightning_modules.losses import LOSS_TERMS
 from runtime.files import write_whole
 
@@ -46,7 +46,7 @@ def main(cfg: DictConfig) -> None:
             f"{runs[0].metrics['epoch']} epochs)\n\n" + table(runs))
     out = Path(cfg.out) if cfg.get("out") else Path(cfg.dir) / "analysis"
     if cfg.get("out"):
-        text += f"\n{stamp_line()} Runs: {Path(cfg.dir).resolve()}.\n"
+        text += f"\n{stamp_line()} {runs_line([cfg.dir])}\n"
     out.mkdir(parents=True, exist_ok=True)
     write_whole(out / "model_defaults.md", text)
     print(f"wrote {out / 'model_defaults.md'}")

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 from omegaconf import DictConfig
 
 from analysis.runs import Run, format_mean_std, group, load_runs, mean_std, seeds_note
+from analysis.stamp import runs_line, stamp_line
 from callbacks.logit_fidelity import MAX_LOSS_SPARSEST, REFERENCE, SPARSEST
 from evaluation.plots import publish
 
@@ -78,6 +79,7 @@ def table(families) -> str:
 def goals(families) -> str:
     points = [(name, point, stats(seeds, "l0")[0], stats(seeds, "delta_acc")[0])
               for name, family in families.items() for point, seeds in family.items()]
+    any_jumprelu = any(p[0].startswith("jumprelu") for p in points)
     jumprelu = [p for p in points if p[0].startswith("jumprelu") and p[2] <= REFERENCE["l0"]]
     best = min(jumprelu, key=lambda p: p[3], default=None)
     sparsest = min([p for p in points if p[2] <= SPARSEST], key=lambda p: p[3], default=None)
@@ -89,7 +91,7 @@ def goals(families) -> str:
         return f"{'met' if delta < limit else 'missed'}: {name} at {grid}, L0 {l0:.3g}, Δacc {100 * delta:.2f} points"
 
     return (f"- a JumpReLU below the reference (L0 ≤ {REFERENCE['l0']}, Δacc < {100 * REFERENCE['delta_acc']:.2f} "
-            f"points): {verdict(best, REFERENCE['delta_acc'])}\n"
+            f"points): {verdict(best, REFERENCE['delta_acc']) if any_jumprelu else 'not measured: no JumpReLU here'}\n"
             f"- the best family at L0 ≤ {SPARSEST} with Δacc ≤ {100 * MAX_LOSS_SPARSEST:.0f} points: "
             f"{verdict(sparsest, MAX_LOSS_SPARSEST + 1e-12)}\n")
 
@@ -99,7 +101,10 @@ def main(cfg: DictConfig) -> None:
     families = frontier(load_runs(cfg.dir, needs=("summary.json",)))  # experiment=logits_frontier writes it
     markdown = ("# Fidelity-sparsity frontier on the classifier's logits (test, mean ± std over seeds)\n\n"
                 + table(families) + "\n## Goals\n\n" + goals(families))
-    publish(Path(cfg.dir) / "analysis", figure(families), "logits_frontier", markdown, "logits_frontier.md")
+    out = Path(cfg.out) if cfg.get("out") else Path(cfg.dir) / "analysis"
+    if cfg.get("out"):  # a results folder: say when, where and from what
+        markdown += f"\n{stamp_line()} {runs_line([cfg.dir])}\n"
+    publish(out, figure(families), "logits_frontier", markdown, "logits_frontier.md")
 
 
 if __name__ == "__main__":

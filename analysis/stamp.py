@@ -43,6 +43,19 @@ def stamp_line() -> str:
     return f"Measured {s['date']} at commit {s['commit']} on {device}, torch {m['torch']}."
 
 
+def runs_line(paths) -> str:
+    """Which runs a results file came from, without this machine's paths: each relative to the checkout
+    (or the working folder), else by its last two parts."""
+    def shown(path) -> str:
+        path = Path(path).resolve()
+        for base in (ROOT, Path.cwd()):
+            if path.is_relative_to(base):
+                return str(path.relative_to(base))
+        return str(Path(*path.parts[-2:]))
+
+    return f"Runs: {', '.join(shown(path) for path in paths)}."
+
+
 def write_json_result(path: str | Path, values: dict) -> Path:
     """``values`` with the stamp, as one JSON file (the folder is made)."""
     path = Path(path)
