@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from conftest import ROOT, read_metrics, run_cli
 
 LM_QUICK = ["experiment=lm_sae", "data.max_tokens={train:3000,val:600,test:600}", "model.hidden_dim=128",
@@ -44,7 +45,9 @@ def test_lm_analysis_writes_table_and_figures(layer_sweep):
     for stem in ("lm_pareto", "lm_layers", "lm_feature_density"):
         assert (root / "sweep" / "analysis" / f"{stem}.png").stat().st_size > 0
     table = (root / "sweep" / "analysis" / "lm.md").read_text()
-    assert "| L1 sae:mse_l1_decnorm (0) | 1 |" in table and "| L4 sae:mse_l1_decnorm (0) | 1 |" in table
+    weight = OmegaConf.load(root / "sweep" / "0" / "config_resolved.yaml").loss.weights.l1_decnorm
+    for layer in (1, 4):  # each row names its lambda, not the unset +sparsity knob
+        assert f"| L{layer} sae:mse_l1_decnorm (λ {weight:g}) | 1 |" in table
     assert "PCA baseline" in result.stdout
 
 
