@@ -1,5 +1,5 @@
 """What the README and docs/ tell a user to type: every train.py override they name composes, the options of plain
-training run, and --help says what the script does."""
+training run, --help says what the script does, and the results it points to name no machine path."""
 import re
 
 import pytest
@@ -70,3 +70,11 @@ def test_help_says_what_the_script_does_and_where_runs_land():
     for text in ("model: batchtopk, classifier, encoder", "model.hidden_dim=64", "outputs/<date>/<time>/",
                  "multirun/<date>/<time>/<job>/"):
         assert text in help_text
+
+
+def test_committed_results_name_no_path_of_the_machine_that_measured_them():
+    machine_paths = re.compile(r"(?<![\w.])/(?:work|tmp|root|home|check)/")
+    found = [f"{path.relative_to(ROOT)}: {match.group(0)}" for path in sorted((ROOT / "results").rglob("*"))
+             if path.is_file() and path.suffix in (".md", ".json", ".html")
+             for match in [machine_paths.search(path.read_text(errors="replace"))] if match]
+    assert not found, found
