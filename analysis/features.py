@@ -30,7 +30,7 @@ from analysis.stamp import stamp_line
 from analysis.trained import run_config, trained_model
 from runtime.errors import first_line
 from evaluation.features import Histograms, TopActivations, activations_at, stream_codes
-from evaluation.reason_score import ReasonSums, reason_score, windows, word_groups
+from evaluation.reason_score import ReasonSums, above_quantile, decoder_norms, reason_score, windows, word_groups
 from runtime.files import write_whole
 
 LOGIT_ROWS = 10  # promoted and suppressed tokens shown per latent, as SAE-Dashboard shows them
@@ -135,23 +135,28 @@ def browse(cfg: DictConfig) -> Path:
         raise ValueError("reasoning_words is empty: ReasonScore needs at least one word")
     if cfg.top <= 0 or cfg.window < 0 or cfg.cards_per_page <= 0:
         raise ValueError(f"top={cfg.top} and cards_per_page={cfg.cards_per_page} must be > 0 and window={cfg.window} >= 0")
+    before, after = reason_window(cfg.reason_window)
+    if cfg.quantile is not None and not 0 <= cfg.quantile < 1:
+        raise ValueError(f"quantile={cfg.quantile} must be in [0, 1) (the paper keeps latents above 0.997), or null")
     data = lm_data(run_cfg, run_dir, cfg.harvest)
     _, model = trained_model(run_dir)
     input_ids, real, grid = token_grid(data, cfg.split)
     groups = word_groups(words, data.tokenizer)
-    in_groups = windows(input_ids, groups).permute(1, 2, 0)[grid >= 0]  # [positions, R], in position order
+    in_groups = windows(input_ids, groups, before, after).permute(1, 2, 0)[grid >= 0]  # [positions, R], in order
     x = data.splits[cfg.split][0]
     latents = model.feature_directions().shape[0]
+    fold = decoder_norms(model) if cfg.fold_decoder_norm else None
 
     tops, sums = TopActivations(latents, cfg.top), ReasonSums.zeros(latents, len(groups))
     for start, codes in stream_codes(model, x, cfg.chunk_size):
         tops.update(codes, start)
-        sums.update(codes, in_groups[start:start + len(codes)])
+        sums.update(codes if fold is None else codes.double() * fold, in_groups[start:start + len(codes)])
     values, positions = tops.kept()
     histograms = Histograms(values[:, 0])
     for _, codes in stream_codes(model, x, cfg.chunk_size):
         histograms.update(codes)
     scores = reason_score(sums, cfg.alpha)
+    reasoning = above_quantile(scores, cfg.quantile) if cfg.quantile is not None else None
     chosen = selected(cfg.features, scores)
 
     # each chosen latent's contexts: the row and column of its top positions, window tokens either side
@@ -203,7 +208,8 @@ def browse(cfg: DictConfig) -> Path:
             "logit_effect": logit_note, "stamp": stamp_line(), "fidelity": fidelity_line(run_dir),
             "reason_score": {"words": {name: [data.tokenizer.decode(ids) for ids in variants]
                                        for name, variants in groups.items()},
-                             "alpha": cfg.alpha, "window": "1 token before, 2 after each matched token"},
+                             "alpha": cfg.alpha, "window": f"{before} before, {after} after each matched token",
+                             "fold": fold_note(model, fold), "quantile": cfg.quantile, "above_quantile": reasoning},
             "vocab": vocab, "features": cards}
     write_whole(out / "features.json", json.dumps(page, separators=(",", ":")))
     for stale in out.glob("block-*.html"):  # a page of an earlier, larger browser
@@ -220,6 +226,21 @@ def browse(cfg: DictConfig) -> Path:
     return out
 
 
+def reason_window(window) -> tuple[int, int]:
+    """``reason_window=[before, after]``: ReasonScore's window around each matched token."""
+    if window is None or len(window) != 2 or any(not isinstance(n, int) or n < 0 for n in window):
+        raise ValueError(f"reason_window={window} must be [before, after], two ints >= 0 (the authors' code: [1,2])")
+    return int(window[0]), int(window[1])
+
+
+def fold_note(model, fold) -> str:
+    if fold is not None:
+        return "activations times their decoder row's norm (the authors' fold_W_dec_norm)"
+    if not hasattr(model, "decoder_weight"):
+        return "none: the decoder-free encoder has no decoder to fold"
+    return "none (fold_decoder_norm=false): raw activations"
+
+
 def fidelity_line(run_dir: Path) -> str:
     """What the SAE's code is worth beside the PCA of the same L0, from the run's metrics.json."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -233,11 +254,24 @@ def fidelity_line(run_dir: Path) -> str:
 
 
 def reason_table(page: dict, rows: int = 20) -> str:
-    """The page's latents with the highest ReasonScore, each with the token it fires most on."""
-    cards = sorted(page["features"], key=lambda card: -card["reason_score"])[:rows]
+    """The latents above the ReasonScore quantile (the paper's selection), or without one the ``rows`` highest,
+    each with its density and the token it fires most on."""
+    score = page["reason_score"]
+    by_index = {card["index"]: card for card in page["features"]}
+    if score["above_quantile"] is not None:
+        wanted = score["above_quantile"]
+        which = f"the {len(wanted)} latents above the {score['quantile']:g} quantile of ReasonScore (the paper's selection)"
+    else:
+        wanted = [card["index"] for card in sorted(page["features"], key=lambda card: -card["reason_score"])[:rows]]
+        which = f"the {len(wanted)} highest ReasonScores on the page"
+    cards = [by_index[i] for i in wanted if i in by_index]
+    if len(cards) < len(wanted):
+        which += f"; {len(wanted) - len(cards)} of them are not among the latents features= chose, left out below"
     lines = [f"# ReasonScore: the top latents of {page['run']}", "",
              f"{page['model']} layer {page['layer']}, {page['tokens']} {page['split']} tokens; ReasonScore as "
-             f"docs/features.md defines it (alpha {page['reason_score']['alpha']}).", "",
+             f"docs/features.md defines it (alpha {score['alpha']}, window {score['window']}, fold: {score['fold']}); "
+             f"{which}. A dense latent (density near 1) fires everywhere, reasoning words included: read its "
+             f"ReasonScore beside its density.", "",
              f"The SAE: {page['fidelity']}.", "",
              "| latent | ReasonScore | density | max activation | its top token |", "|---|---|---|---|---|"]
     for card in cards:

@@ -30,7 +30,7 @@ tr.latent:hover, tr.chosen { background: #fff2d9; cursor: pointer; }
 SCRIPT = """
 const data = JSON.parse(document.getElementById('data').textContent);
 const vocab = data.vocab, cards = new Map(data.cards.map(card => [card.index, card]));
-let order = data.features.map((_, n) => n), sortKey = 'reason_score', descending = true;
+let order = data.features.map((_, n) => n), sortKey = 'reason_score', descending = true, densest = 1;
 const fmt = v => (typeof v === 'number') ? Number(v.toPrecision(3)).toString() : v;
 const show = t => (vocab[t] ?? '?').replace(/\\n/g, '\\u21b5');
 
@@ -38,10 +38,16 @@ function drawIndex() {
   order.sort((a, b) => {
     const x = data.features[a][sortKey], y = data.features[b][sortKey];
     return descending ? y - x : x - y; });
-  const rows = order.map(n => { const f = data.features[n];
+  const shown = order.filter(n => data.features[n].density <= densest);
+  document.getElementById('shown').textContent = `${shown.length} of ${order.length} latents`;
+  const rows = shown.map(n => { const f = data.features[n];
     return `<tr class="latent" id="row-${f.index}" onclick="choose(${f.index})"><td>${f.index}</td>` +
       `<td>${fmt(f.density)}</td><td>${fmt(f.max)}</td><td>${fmt(f.reason_score)}</td></tr>`; });
   document.getElementById('rows').innerHTML = rows.join('');
+}
+
+function filterDensity(value) {  // dense latents fire on reasoning words too: leave them out to read the rest
+  densest = value === '' ? 1 : Number(value); drawIndex();
 }
 
 function sortBy(key) {
@@ -155,7 +161,9 @@ def render(page: dict, data: dict, shown: str) -> str:
 ReasonScore: the reasoning words' windows against the rest (docs/features.md).<br>
 The SAE: {html.escape(page.get('fidelity', ''))}.<br>{html.escape(page['stamp'])}</div>
 <form onsubmit="find(event)"><label>latent <input id="find" type="number" min="0" max="{page['latents'] - 1}"></label>
-<button>show</button></form></header>
+<button>show</button></form>
+<label>density at most <input id="densest" type="number" min="0" max="1" step="0.01" placeholder="1"
+  oninput="filterDensity(this.value)"></label> <span id="shown" class="note"></span></header>
 <div id="list"><table id="index"><thead><tr><th onclick="sortBy('index')">latent</th>
 <th onclick="sortBy('density')">density</th><th onclick="sortBy('max')">max</th>
 <th onclick="sortBy('reason_score')">ReasonScore</th></tr></thead><tbody id="rows"></tbody></table></div></div>

@@ -11,8 +11,11 @@ import torch
 from conftest import QUICK, run_cli
 
 from evaluation.features import Histograms, TopActivations, activations_at
-from evaluation.reason_score import ReasonSums, reason_score, windows, word_groups
+from evaluation.reason_score import ReasonSums, above_quantile, decoder_norms, reason_score, windows, word_groups
 from evaluation.steering import generate, next_token_logits, steer
+from lightning_modules.encoder import DecoderFreeEncoder
+from lightning_modules.losses import CompositeLoss
+from lightning_modules.sae import SparseAutoencoder
 
 LM_RUN = ["experiment=lm_sae", "data.max_tokens={train:3000,val:600,test:600}", "model.hidden_dim=64",
           "data.batch_size=256", "data.eval_batch_size=512", "trainer.max_epochs=2", "model.lr=1e-3", "logger=csv",
@@ -55,6 +58,52 @@ def test_reason_score_equals_the_formula_computed_by_hand_in_float64():
         entropy = -sum(q * math.log(q) for q in p if q > 0) / math.log(3)
         score = (mu_plus[i] / (mu_plus.sum() + 1e-12) * entropy ** 0.7 - mu_minus[i] / (mu_minus.sum() + 1e-12))
         assert got[i].item() == pytest.approx(score.item(), rel=1e-12, abs=1e-15)
+
+
+def test_the_papers_wider_window_is_one_argument_away():
+    groups = word_groups(["wait", "let me"], WordTokenizer())
+    tokens = torch.tensor([[2, 2, 2, 2, 2, 7, 2, 2, 2, 3, 4, 2, 2, 2, 2]])
+    narrow, wide = windows(tokens, groups), windows(tokens, groups, before=2, after=3)
+    assert torch.nonzero(narrow[0, 0]).squeeze(1).tolist() == [4, 5, 6, 7]  # wait at 5: 1 before, 2 after
+    assert torch.nonzero(wide[0, 0]).squeeze(1).tolist() == [3, 4, 5, 6, 7, 8]  # 2 before, 3 after
+    assert torch.nonzero(narrow[1, 0]).squeeze(1).tolist() == [8, 9, 10, 11, 12]  # "let me" at 9..10
+    assert torch.nonzero(wide[1, 0]).squeeze(1).tolist() == [7, 8, 9, 10, 11, 12, 13]
+
+
+def scores_of(codes: torch.Tensor, in_groups: torch.Tensor) -> torch.Tensor:
+    sums = ReasonSums.zeros(codes.shape[1], in_groups.shape[1])
+    sums.update(codes, in_groups)
+    return reason_score(sums)
+
+
+def test_folding_the_decoder_norm_reorders_latents_whose_code_and_decoder_share_a_scale():
+    """Latent 0 leads latent 1 on raw codes (shares of D+ 0.50 vs 0.33, of D- 0.22 vs 0.11); latent 1's decoder
+    row is three times as long, and activations times decoder norms (the authors' fold_W_dec_norm) rank it first
+    (0.60 - 0.27 against 0.30 - 0.18)."""
+    in_groups = torch.tensor([[True], [True], [False], [False]])
+    codes = torch.tensor([[3.0, 2.0, 1.0], [3.0, 2.0, 1.0], [1.0, 0.5, 3.0], [1.0, 0.5, 3.0]], dtype=torch.float64)
+    sae = SparseAutoencoder(input_dim=4, hidden_dim=3, loss=CompositeLoss({"mse": 1.0}))
+    with torch.no_grad():  # free decoder norms, as the decoder-norm-L1 recipe's
+        sae.W_dec.copy_(torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 3.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]))
+    norms = decoder_norms(sae)
+    assert norms.tolist() == pytest.approx([1.0, 3.0, 1.0], rel=1e-7)
+    raw, folded = scores_of(codes, in_groups), scores_of(codes * norms, in_groups)
+    assert raw.argmax() == 0 and folded.argmax() == 1
+    plus = in_groups[:, 0]
+    for scores, a in ((raw, codes), (folded, codes * norms)):  # one group: entropy 1, so mu+ share - mu- share
+        mu_plus, mu_minus = a[plus].mean(0), a[~plus].mean(0)
+        torch.testing.assert_close(scores, mu_plus / (mu_plus.sum() + 1e-12) - mu_minus / (mu_minus.sum() + 1e-12))
+    encoder = DecoderFreeEncoder(input_dim=4, hidden_dim=2, loss=CompositeLoss({"lse": 1.0}))
+    assert decoder_norms(encoder) is None  # nothing to fold
+
+
+def test_the_quantile_keeps_the_latents_above_it_highest_first():
+    scores = torch.randn(2000, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    kept = above_quantile(scores, 0.997)
+    ranked = sorted(range(2000), key=lambda i: -scores[i].item())
+    cut = sorted(scores.tolist())[int(0.997 * 1999)] * 0.003 + sorted(scores.tolist())[int(0.997 * 1999) + 1] * 0.997
+    assert kept == [i for i in ranked if scores[i].item() > cut]  # numpy's linear quantile, by hand
+    assert len(kept) == 6
 
 
 def test_streamed_top_activations_and_histograms_equal_the_direct_ones():
@@ -180,6 +229,8 @@ def test_the_browser_page_opens_in_chromium_with_its_index_and_a_latent_card(lm_
 @pytest.mark.parametrize("command, message", [
     (["-m", "analysis.features", "features=[64]"], "features=[64] out of range: the run's model has 64 latents"),
     (["-m", "analysis.features", "reasoning_words=[]"], "reasoning_words is empty"),
+    (["-m", "analysis.features", "reason_window=[1]"], "reason_window=[1] must be [before, after]"),
+    (["-m", "analysis.features", "quantile=1.5"], "quantile=1.5 must be in [0, 1)"),
     (["-m", "analysis.steer", "feature=3", "prompt=x"], "steering needs a causal LM: minilm is a sentence encoder"),
 ])
 def test_bad_feature_input_is_one_error_line(lm_run, command, message):
