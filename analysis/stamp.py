@@ -14,12 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def commit() -> str:
-    """The checkout's commit, with '+' when it has uncommitted changes."""
+    """The checkout's commit, with '+' when its code has uncommitted changes (results/, which the commands
+    write, does not count)."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
+    return head + ("+" if git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results") else "")
 
 
 def cpu_name() -> str:
