@@ -45,7 +45,7 @@ def curve(run) -> list[tuple[int, float, float]]:
 
 def row(run) -> dict:
     metrics, time = run.metrics, run.metrics.get("time", {})
-    return {"lr": run.config["model"]["lr"], "epochs": metrics["epoch"], "model": run.choices["model"],
+    return {"run": run.path.name, "lr": run.config["model"]["lr"], "epochs": metrics["epoch"], "model": run.choices["model"],
             "sparsity": sparsity_of(run),
             "tokens": metrics["global_step"] * run.config["data"]["batch_size"], "l0_test": metrics["l0_test"],
             "explained_variance": metrics["explained_variance"], "ce_loss_recovered": metrics.get("ce_loss_recovered"),
@@ -72,10 +72,10 @@ def number(value: float | None, se: float | None = None) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | sparsity | lr | epochs | tokens | L0 (test) | explained variance (test) | PCA at L0 | "
-             "CE loss recovered ± SE | PCA at L0 | beats PCA | dead | training min | targets |", "|---" * 14 + "|"]
+    lines = ["| run | model | sparsity | lr | epochs | tokens | L0 (test) | explained variance (test) | PCA at L0 | "
+             "CE loss recovered ± SE | PCA at L0 | beats PCA | dead | training min | targets |", "|---" * 15 + "|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['sparsity']} | {r['lr']:g} | {r['epochs']} | {r['tokens']:,} | "
+        lines.append(f"| {r['run']} | {r['model']} | {r['sparsity']} | {r['lr']:g} | {r['epochs']} | {r['tokens']:,} | "
                      f"{r['l0_test']:.1f} | "
                      f"{r['explained_variance']:.3f} | {number(r['pca_explained_variance'])} | "
                      f"{number(r['ce_loss_recovered'], r['ce_loss_recovered_se'])} | "
@@ -108,8 +108,8 @@ def main(cfg: DictConfig) -> None:
                            and "explained_variance" in run.metrics))
     runs.sort(key=lambda run: (run.choices["model"], sparsity_of(run), run.config["model"]["lr"], run.metrics["epoch"]))
     rows = [row(run) for run in runs]
-    curves = {f"{r['model']} {r['sparsity']}, lr {r['lr']:g}, {r['epochs']} epoch{'s' * (r['epochs'] != 1)}": curve(run)
-              for r, run in zip(rows, runs)}
+    curves = {f"{r['run']}: {r['model']} {r['sparsity']}, lr {r['lr']:g}, {r['epochs']} epoch{'s' * (r['epochs'] != 1)}":
+              curve(run) for r, run in zip(rows, runs)}  # by folder: two runs of one setting are two curves
     data = runs[0].config["data"]
     text = (f"# {data['model']} layer {data['layer']}: the recipe by learning rate and length\n\n"
             f"Test tokens, less those the norm rule left out ({left_out_note(runs[0].metrics)}); targets: L0 <= {TARGET_L0} "

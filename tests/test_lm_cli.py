@@ -195,6 +195,7 @@ def test_recipe_analysis_tables_runs_and_traces_validation_from_the_history(laye
     result = run_cli("-m", "analysis.recipe", f"dir={root / 'sweep'}", f"out={tmp_path}")
     table = (tmp_path / "recipe.md").read_text()
     assert table.count("| 0.001 | 2 | ") == 2 and "Measured " in table and "at commit " in table
+    assert "| 0 | sae |" in table and "| 1 | sae |" in table  # a row per run folder, named by it
     assert (tmp_path / "recipe.png").is_file() and (tmp_path / "recipe.pdf").is_file()
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
