@@ -5,6 +5,7 @@ predicting the train mean (FVU 1) and PCA with k components for a code of k acti
 
     python -m analysis.lm dir=multirun/<date>/<time> [out=results/<name>]
 """
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -33,8 +34,10 @@ PER_LAYER = {  # metric -> y label, with its unit
 
 
 def groups_of(runs) -> dict[tuple, list]:
-    """(layer, architecture, sparsity knob: "λ 5" or "k 32") -> the runs over seeds."""
-    return group(runs, lambda run: (run.config["data"]["layer"], architecture(run), sparsity_of(run)))
+    """(layer, architecture, sparsity knob: "λ 5" or "k 32") -> the runs over seeds, knobs in numeric order."""
+    groups = group(runs, lambda run: (run.config["data"]["layer"], architecture(run), sparsity_of(run)))
+    return dict(sorted(groups.items(), key=lambda item: (*item[0][:2], [float(n) for n in re.findall(
+        r"\d+(?:\.\d+)?(?:e-?\d+)?", item[0][2])])))
 
 
 def pca_curves(runs) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -91,7 +94,7 @@ def density_figure(groups: dict):
         for (group_layer, group_arch, knob), runs in groups.items():
             stats = runs[0].path / "unit_stats.npz"
             if (group_layer, group_arch) == (layer, arch) and stats.is_file():
-                density_histogram(ax, np.load(stats)["firing_frequency"], knob)
+                density_histogram(ax, np.load(stats)["firing_frequency"], None if knob == "–" else knob)
         ax.set_title(f"L{layer} {arch}", fontsize=9)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")

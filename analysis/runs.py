@@ -108,12 +108,15 @@ def architecture(run: Run) -> str:
     return f"{run.choices['model']}:{run.choices['loss']}"
 
 
+SPARSITY_TERMS = ("l1_decnorm", "l1", "l0", "l0_tanh", "gate_l1")  # the loss terms whose weight is lambda (conf/loss)
+
+
 def sparsity_of(run) -> str:
     """The run's sparsity knob as the tables and legends show it: lambda of its sparsity term, or k."""
     if "k" in run.config["model"]:
         return f"k {run.config['model']['k']}"
     weights = run.config["loss"]["weights"]
-    return ", ".join(f"λ {weights[name]:g}" for name in ("l1_decnorm", "l1", "l0") if name in weights) or "–"
+    return ", ".join(f"λ {weights[name]:g}" for name in SPARSITY_TERMS if name in weights) or "–"
 
 
 def column(runs: list[Run], metric: str) -> list[float]:
