@@ -21,6 +21,7 @@ from analysis.stamp import runs_line, stamp_line
 from evaluation.plots import publish
 
 TARGET_L0, TARGET_EXPLAINED = 86, 0.685  # arXiv 2503.18878, DeepSeek-R1-Distill-Llama-8B layer 19
+TARGET_DEAD = 0.10  # at most, for TopK and BatchTopK (the LM-baselines issue's target)
 TRAINING_PHASES = ("training_steps", "between_steps", "validation", "checkpoints")  # the fit, less its read-outs
 
 
@@ -34,13 +35,14 @@ def validation_variance(run) -> float:
     return float(((x - datamodule.train_mean.double()) * scale).square().sum(1).mean())
 
 
-def curve(run) -> list[tuple[int, float, float]]:
-    """(tokens seen, validation L0, validation explained variance) at each validation of the run."""
+def curve(run) -> list[tuple[int, float, float, float]]:
+    """(tokens seen, validation L0, validation explained variance, dead fraction) at each validation of the run."""
     variance = validation_variance(run)
     lines = [json.loads(line) for line in (run.path / "history.jsonl").read_text().splitlines() if line]
     by_step = {line["global_step"]: line for line in lines}  # a resumed run may repeat a validation: the last
     batch = run.config["data"]["batch_size"]
-    return [(step * batch, line["l0"], 1 - line["val/mse"] / variance) for step, line in sorted(by_step.items())]
+    return [(step * batch, line["l0"], 1 - line["val/mse"] / variance, line["dead_fraction"])
+            for step, line in sorted(by_step.items())]
 
 
 def row(run) -> dict:
@@ -86,18 +88,22 @@ def table(rows: list[dict]) -> str:
 
 
 def figure_of(curves: dict[str, list]):
-    figure, (l0_ax, ev_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    figure, (l0_ax, ev_ax, dead_ax) = plt.subplots(1, 3, figsize=(14, 4.2))
     for label, points in curves.items():
-        tokens, l0, explained = zip(*points)
+        tokens, l0, explained, dead = zip(*points)
         l0_ax.plot(tokens, l0, marker="o", ms=3, label=label)
-        ev_ax.plot(tokens, explained, marker="o", ms=3, label=label)
-    l0_ax.axhline(TARGET_L0, color="grey", ls="--", lw=1, label=f"reported L0 {TARGET_L0}")
-    ev_ax.axhline(TARGET_EXPLAINED, color="grey", ls="--", lw=1, label=f"reported {TARGET_EXPLAINED:.1%}")
+        ev_ax.plot(tokens, explained, marker="o", ms=3)
+        dead_ax.plot(tokens, dead, marker="o", ms=3)
+    l0_ax.axhline(TARGET_L0, color="grey", ls="--", lw=1, label=f"targets: the paper's L0 {TARGET_L0}, "
+                  f"{TARGET_EXPLAINED:.1%} explained, {TARGET_DEAD:.0%} dead")
+    ev_ax.axhline(TARGET_EXPLAINED, color="grey", ls="--", lw=1)
+    dead_ax.axhline(TARGET_DEAD, color="grey", ls="--", lw=1)
     l0_ax.set(xlabel="training tokens seen", ylabel="L0 (validation)", yscale="log", title="Active latents per token")
     ev_ax.set(xlabel="training tokens seen", ylabel="explained variance (validation)", title="Reconstruction")
-    l0_ax.legend(fontsize=7)
-    ev_ax.legend(fontsize=7)
-    figure.tight_layout()
+    dead_ax.set(xlabel="training tokens seen", ylabel="dead latents (validation, fraction)", title="Dead latents",
+                ylim=(0, None))
+    figure.legend(loc="lower center", ncol=2, fontsize=7, frameon=False)  # below the panels: no line hidden
+    figure.tight_layout(rect=(0, 0.06 + 0.03 * ((len(curves) + 1) // 2), 1, 1))
     return figure
 
 

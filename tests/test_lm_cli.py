@@ -204,8 +204,9 @@ def test_recipe_analysis_tables_runs_and_traces_validation_from_the_history(laye
     from analysis.runs import load_runs
 
     [run] = [run for run in load_runs(str(root / "sweep")) if run.config["data"]["layer"] == 1]
-    *_, (tokens, l0, explained) = curve(run)
+    *_, (tokens, l0, explained, dead) = curve(run)
     assert tokens == run.metrics["global_step"] * run.config["data"]["batch_size"] and l0 == run.metrics["l0"]
+    assert dead == run.metrics["dead_fraction"]
     cfg = OmegaConf.load(run.path / "config_resolved.yaml")
     model = instantiate(cfg.model, loss=instantiate(cfg.loss))
     model.load_state_dict(torch.load(run.path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"])
