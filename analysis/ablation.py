@@ -59,7 +59,8 @@ def figure_2(groups: dict[str, list]):
         top = mean_std_bars(ax, [label(name) for name in groups], stats, texts, hollow=[not ok for ok in measured])
         if metric == "resp_entropy":
             for k in sorted(hidden):  # uniform responsibilities: the largest entropy k units allow
-                ax.axhline(np.log(k), color="tab:red", ls="--", lw=1, label=f"log k = {np.log(k):.3g}: uniform r (k = {k})")
+                ax.axhline(np.log(k), color="tab:red", ls="--", lw=1,
+                           label=f"log k = {np.log(k):.3g}: uniform r (k = {k})")
             ax.legend(fontsize=7, loc="upper center", frameon=False)
             top = max(top, 1.3 * np.log(max(hidden)))  # room for the legend above the bars' labels
         ax.set_ylim(0, 1.0 if metric == "dead_fraction" else 1.15 * top + 1e-12)  # every bar here is >= 0
@@ -79,7 +80,8 @@ def main(cfg: DictConfig) -> None:
     table = markdown_table({label(name) + (" (all units dead)" if all_dead(runs) else ""): [run.metrics for run in runs]
                             for name, runs in groups.items()}, TABLE)
     dead = [label(name) for name, runs in groups.items() if all_dead(runs)]
-    note = (f"\n{', '.join(dead)}: every unit is dead, so a = 0 for every example, r is uniform and its redundancy (0), "
+    note = (f"\n{', '.join(dead)}: every unit is dead, so a = 0 for every example, r is uniform and its redundancy "
+            f"(0), "
             f"responsibility entropy (log k), max_resp (1/k) and effective components (k) measure no code; they are "
             f"hatched in the figure.\n" if dead else "")
     publish(Path(cfg.dir) / "analysis", figure_2(groups), "figure2_ablation",

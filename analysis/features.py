@@ -6,8 +6,9 @@ direction through the model's final norm and unembedding: the tokens it promotes
     python -m analysis.features run=<run dir> [split=test] [top=20] [features=<count or [list]>] [window=8]
 
 Writes into ``<run>/features/``: ``index.html`` (a self-contained page: an index of latents that sorts by
-density or ReasonScore and finds a latent by number, and the cards of the first ``cards_per_page`` latents; the
-next ones on ``block-1.html``, ``block-2.html``, ..., a click away), ``features.json`` (the same data for programs) and ``reason_score.md`` (the top latents by ReasonScore). It reads the run's activation cache
+density or ReasonScore and finds a latent by number, and the cards of the first ``cards_per_page`` latents;
+the next ones on ``block-1.html``, ``block-2.html``, ..., a click away), ``features.json`` (the same data for
+programs) and ``reason_score.md`` (the latents above the ReasonScore quantile). It reads the run's activation cache
 (``harvest=true`` harvests it again where it is missing), streaming: memory grows with the latents times
 ``top``, not with the tokens. A count in ``features`` keeps the latents with the highest ReasonScore.
 """
@@ -134,7 +135,8 @@ def browse(cfg: DictConfig) -> Path:
     if not words:
         raise ValueError("reasoning_words is empty: ReasonScore needs at least one word")
     if cfg.top <= 0 or cfg.window < 0 or cfg.cards_per_page <= 0:
-        raise ValueError(f"top={cfg.top} and cards_per_page={cfg.cards_per_page} must be > 0 and window={cfg.window} >= 0")
+        raise ValueError(f"top={cfg.top} and cards_per_page={cfg.cards_per_page} must be > 0 "
+                         f"and window={cfg.window} >= 0")
     before, after = reason_window(cfg.reason_window)
     if cfg.quantile is not None and not 0 <= cfg.quantile < 1:
         raise ValueError(f"quantile={cfg.quantile} must be in [0, 1) (the paper keeps latents above 0.997), or null")
@@ -220,7 +222,8 @@ def browse(cfg: DictConfig) -> Path:
     write_whole(out / "reason_score.md", reason_table(page))
     seconds = time.time() - started
     more = f" (and {len(pages) - 1} more pages of cards, block-<b>.html)" if len(pages) > 1 else ""
-    print(f"wrote {out / 'index.html'}{more}, features.json and reason_score.md: {len(chosen)} of {latents} latents over "
+    print(f"wrote {out / 'index.html'}{more}, features.json and reason_score.md: {len(chosen)} of {latents} latents "
+          f"over "
           f"{tops.tokens} {cfg.split} tokens in {seconds:.0f} s")
     log_to_wandb(run_cfg, run_dir, out / "index.html")
     return out

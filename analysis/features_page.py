@@ -1,9 +1,9 @@
 """The feature browser's pages: static HTML files with their data inside, no CDN and no server. Every page
 holds the index of all latents (sorted by clicking a column, a latent found by its number) and the cards of
 one block of latents (``cards_per_page``), in the order analysis.features chose them (index.html the first
-block, by ReasonScore when a count was asked for; block-<b>.html the others): a card of another block is a link away,
-so no page carries every card (3,072 latents x 20 contexts is 17 MB in one page). The card shown is the
-first of the page's block, or the one in the address's #latent-<i>."""
+block, by ReasonScore when a count was asked for; block-<b>.html the others): a card of another block is a
+link away, so no page carries every card (3,072 latents x 20 contexts is 17 MB in one page). The card shown
+is the first of the page's block, or the one in the address's #latent-<i>."""
 import html
 import json
 
@@ -116,7 +116,7 @@ function find(event) {
 
 drawIndex();
 const wanted = /^#latent-(\\d+)$/.exec(location.hash);
-choose(wanted ? Number(wanted[1]) : data.cards[0].index);
+if (wanted || data.cards.length) choose(wanted ? Number(wanted[1]) : data.cards[0].index);
 """
 
 
