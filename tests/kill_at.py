@@ -3,6 +3,7 @@ failure would (no handler runs, nothing is flushed), or another signal (+callbac
 user or a scheduler would. Added from the command line in the tests:
     +callbacks.kill._target_=kill_at.KillAt +callbacks.kill.hook=on_train_end    (PYTHONPATH=tests)"""
 import os
+import signal as handlers
 from signal import Signals as signals
 
 import pytorch_lightning as pl
@@ -16,4 +17,8 @@ class KillAt(pl.Callback):
     def kill(self, trainer, *args, **kwargs):
         if trainer.global_step >= self.step and not self.sent:
             self.sent = True  # once: a handled signal lets the run go on to its next hook
+            if self.signal == signals.SIGINT and handlers.getsignal(signals.SIGINT) == handlers.SIG_IGN:
+                # a shell starts background jobs (CI's included) with SIGINT ignored; a Ctrl-C reaches a foreground
+                # run, whose SIGINT Python turns into KeyboardInterrupt
+                handlers.signal(signals.SIGINT, handlers.default_int_handler)
             os.kill(os.getpid(), self.signal)
