@@ -12,7 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 from analysis.runs import load_runs
-from analysis.stamp import runs_line, stamp_line
+from analysis.stamp import output_folder
 from lightning_modules.losses import LOSS_TERMS
 from runtime.files import write_whole
 
@@ -44,9 +44,8 @@ def main(cfg: DictConfig) -> None:
     data = runs[0].choices["data"]
     text = (f"# Each model at its defaults (data={data}, seed {runs[0].seed}, "
             f"{runs[0].metrics['epoch']} epochs)\n\n" + table(runs))
-    out = Path(cfg.out) if cfg.get("out") else Path(cfg.dir) / "analysis"
-    if cfg.get("out"):
-        text += f"\n{stamp_line()} {runs_line([cfg.dir])}\n"
+    out, stamp = output_folder(cfg)
+    text += stamp
     out.mkdir(parents=True, exist_ok=True)
     write_whole(out / "model_defaults.md", text)
     print(f"wrote {out / 'model_defaults.md'}")

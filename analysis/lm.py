@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from analysis.runs import (against_pca, architecture, column, group, left_out_note, load_runs, markdown_table, mean_std,
                            seeds_note, sparsity_of)
-from analysis.stamp import runs_line, stamp_line
+from analysis.stamp import output_folder
 from evaluation.linear_fits import pca_fvu
 from evaluation.plots import density_histogram, publish, save_figure
 
@@ -151,9 +151,8 @@ def main(cfg: DictConfig) -> None:
             f"in both, or what it loses. `downstream_recovered_se`: the jackknife standard error over test windows."
             f"\n\n" + markdown_table(rows, COLUMNS)
             + "\n## PCA baseline: test FVU with k principal components of train\n\n" + "\n".join(pca_rows) + "\n")
-    out = Path(cfg.out) if cfg.get("out") else Path(cfg.dir) / "analysis"
-    if cfg.get("out"):
-        text += f"\n{stamp_line()} {runs_line([cfg.dir])}\n"
+    out, stamp = output_folder(cfg)
+    text += stamp
     for stem, figure in (("lm_layers", layer_figure(groups)), ("lm_feature_density", density_figure(groups))):
         for path in save_figure(figure, out / stem):
             print(f"wrote {path}")

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 from omegaconf import DictConfig
 
 from analysis.runs import Run, format_mean_std, group, load_runs, mean_std, seeds_note
-from analysis.stamp import runs_line, stamp_line
+from analysis.stamp import output_folder
 from callbacks.logit_fidelity import MAX_LOSS_SPARSEST, REFERENCE, SPARSEST
 from evaluation.plots import publish
 
@@ -101,9 +101,8 @@ def main(cfg: DictConfig) -> None:
     families = frontier(load_runs(cfg.dir, needs=("summary.json",)))  # experiment=logits_frontier writes it
     markdown = ("# Fidelity-sparsity frontier on the classifier's logits (test, mean ± std over seeds)\n\n"
                 + table(families) + "\n## Goals\n\n" + goals(families))
-    out = Path(cfg.out) if cfg.get("out") else Path(cfg.dir) / "analysis"
-    if cfg.get("out"):  # a results folder: say when, where and from what
-        markdown += f"\n{stamp_line()} {runs_line([cfg.dir])}\n"
+    out, stamp = output_folder(cfg)
+    markdown += stamp
     publish(out, figure(families), "logits_frontier", markdown, "logits_frontier.md")
 
 

@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from analysis.runs import against_pca, left_out_note, load_runs, sparsity_of
-from analysis.stamp import runs_line, stamp_line
+from analysis.stamp import output_folder
 from evaluation.plots import publish
 
 TARGET_L0, TARGET_EXPLAINED = 86, 0.685  # arXiv 2503.18878, DeepSeek-R1-Distill-Llama-8B layer 19
@@ -124,9 +124,8 @@ def main(cfg: DictConfig) -> None:
             f"too. CE loss recovered ± its jackknife standard error over test windows. Training minutes: the fit's "
             f"steps, validation, checkpoints and batch fetching, without start-up and end-of-fit read-outs.\n\n"
             + table(rows))
-    out = Path(cfg.out) if cfg.get("out") else Path(cfg.dir) / "analysis"
-    if cfg.get("out"):
-        text += f"\n{stamp_line()} {runs_line(run.path for run in runs)}\n"
+    out, stamp = output_folder(cfg, [run.path for run in runs])
+    text += stamp
     out.mkdir(parents=True, exist_ok=True)
     publish(out, figure_of(curves), "recipe", text, "recipe.md")
 

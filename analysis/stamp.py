@@ -57,6 +57,14 @@ def runs_line(paths) -> str:
     return f"Runs: {', '.join(shown(path) for path in paths)}."
 
 
+def output_folder(cfg, runs=None) -> tuple[Path, str]:
+    """Where an analysis writes: ``out=`` (a results folder: its Markdown then ends with the stamp and the runs it
+    came from, ``runs`` or else ``dir``) or ``<dir>/analysis``; the folder and that ending ("" for the latter)."""
+    if not cfg.get("out"):
+        return Path(cfg.dir) / "analysis", ""
+    return Path(cfg.out), f"\n{stamp_line()} {runs_line(runs or [cfg.dir])}\n"
+
+
 def write_json_result(path: str | Path, values: dict) -> Path:
     """``values`` with the stamp, as one JSON file (the folder is made)."""
     path = Path(path)
