@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import hydra
 import torch
@@ -129,30 +130,17 @@ def browse(cfg: DictConfig) -> Path:
     started = time.time()
     run_dir = Path(cfg.run)
     run_cfg = run_config(run_dir)
-    if cfg.split not in ("val", "test"):
-        raise ValueError(f"split={cfg.split}: the browser reads a split the cache holds whole, val or test")
-    words = list(cfg.reasoning_words or [])
-    if not words:
-        raise ValueError("reasoning_words is empty: ReasonScore needs at least one word")
     if cfg.top <= 0 or cfg.window < 0 or cfg.cards_per_page <= 0:
         raise ValueError(f"top={cfg.top} and cards_per_page={cfg.cards_per_page} must be > 0 "
                          f"and window={cfg.window} >= 0")
-    before, after = reason_window(cfg.reason_window)
-    if cfg.quantile is not None and not 0 <= cfg.quantile < 1:
-        raise ValueError(f"quantile={cfg.quantile} must be in [0, 1) (the paper keeps latents above 0.997), or null")
+    before, after = check_reason_settings(cfg)
     data = lm_data(run_cfg, run_dir, cfg.harvest)
     _, model = trained_model(run_dir)
     input_ids, real, grid = token_grid(data, cfg.split)
-    groups = word_groups(words, data.tokenizer)
-    in_groups = windows(input_ids, groups, before, after).permute(1, 2, 0)[grid >= 0]  # [positions, R], in order
     x = data.splits[cfg.split][0]
     latents = model.feature_directions().shape[0]
-    fold = decoder_norms(model) if cfg.fold_decoder_norm else None
-
-    tops, sums = TopActivations(latents, cfg.top), ReasonSums.zeros(latents, len(groups))
-    for start, codes in stream_codes(model, x, cfg.chunk_size):
-        tops.update(codes, start)
-        sums.update(codes if fold is None else codes.double() * fold, in_groups[start:start + len(codes)])
+    tops = TopActivations(latents, cfg.top)
+    sums, groups, fold = reason_sums(cfg, data, model, tops.update)
     values, positions = tops.kept()
     histograms = Histograms(values[:, 0])
     for _, codes in stream_codes(model, x, cfg.chunk_size):
@@ -227,6 +215,32 @@ def browse(cfg: DictConfig) -> Path:
           f"{tops.tokens} {cfg.split} tokens in {seconds:.0f} s")
     log_to_wandb(run_cfg, run_dir, out / "index.html")
     return out
+
+
+def check_reason_settings(cfg: DictConfig) -> tuple[int, int]:
+    """One line for a bad ReasonScore setting, before any work; the window's (before, after)."""
+    if cfg.split not in ("val", "test"):
+        raise ValueError(f"split={cfg.split}: ReasonScore reads a split the cache holds whole, val or test")
+    if not list(cfg.reasoning_words or []):
+        raise ValueError("reasoning_words is empty: ReasonScore needs at least one word")
+    if cfg.quantile is not None and not 0 <= cfg.quantile < 1:
+        raise ValueError(f"quantile={cfg.quantile} must be in [0, 1) (the paper keeps latents above 0.997), or null")
+    return reason_window(cfg.reason_window)
+
+
+def reason_sums(cfg: DictConfig, data, model, each: Callable[[torch.Tensor, int], None]):
+    """ReasonScore's sums over the split's codes (folded by the decoder norms where ``fold_decoder_norm``), with
+    ``each(codes, start)`` called on every chunk; the sums, the word groups and the fold."""
+    before, after = reason_window(cfg.reason_window)
+    input_ids, _, grid = token_grid(data, cfg.split)
+    groups = word_groups(list(cfg.reasoning_words), data.tokenizer)
+    in_groups = windows(input_ids, groups, before, after).permute(1, 2, 0)[grid >= 0]  # [positions, R], in order
+    fold = decoder_norms(model) if cfg.fold_decoder_norm else None
+    sums = ReasonSums.zeros(model.feature_directions().shape[0], len(groups))
+    for start, codes in stream_codes(model, data.splits[cfg.split][0], cfg.chunk_size):
+        each(codes, start)
+        sums.update(codes if fold is None else codes.double() * fold, in_groups[start:start + len(codes)])
+    return sums, groups, fold
 
 
 def reason_window(window) -> tuple[int, int]:

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from activations import language_model
 from activations.cache import ActivationCache
+from activations import generated_corpus
 from activations.corpus import SPLITS, fingerprint, read_documents, split_documents, tokenize
 from activations.harvest import activation_batches, harvest, norm_caps
 from datamodules.resumable import ResumableBatches
@@ -114,7 +115,8 @@ class MixingBuffer(ResumableBatches):
 
 class ActivationDataModule(pl.LightningDataModule):
     def __init__(self, model: str, layer: int, input_dim: int, layers: list[int] | None = None, site: str = "resid",
-                 corpus: str = "pydocs", text_field: str = "text", context_length: int = 128,
+                 corpus: str | list[str] = "pydocs", generation: dict | None = None, text_field: str = "text",
+                 context_length: int = 128,
                  keep_special_tokens: bool = False, keep_first_position: bool = False,
                  max_norm_ratio: float | None = None, split_fractions: dict | None = None, split_seed: int = 0,
                  max_tokens: dict | None = None, cache: bool = True, cache_dir: str = "cache/activations",
@@ -153,9 +155,19 @@ class ActivationDataModule(pl.LightningDataModule):
         if limit and context_length > limit:
             raise ValueError(f"data.context_length={context_length} is above {model}'s limit of {limit} positions")
         language_model.site_module_names(language_model.skeleton(self.config), self.layers, site)  # a missing site
-        fingerprint(corpus, text_field)  # a missing corpus fails here
+        self.corpus = [corpus] if isinstance(corpus, str) else list(corpus)
+        self.decoding = generated_corpus.Decoding(**(generation or {}))
+        if not self.corpus:
+            raise ValueError("data.corpus is an empty list: name at least one corpus")
+        for source in self.corpus:  # a missing corpus, unknown prompt set or model that cannot chat fails here
+            if source.startswith(generated_corpus.PREFIX):
+                generated_corpus.prompt_set_name(source)
+                self.decoding.check()
+                generated_corpus.chat_tokenizer(model)
+            else:
+                fingerprint(source, text_field)
         self.model_name, self.layer, self.input_dim, self.site = model, layer, input_dim, site
-        self.corpus, self.text_field, self.context_length = corpus, text_field, context_length
+        self.text_field, self.context_length = text_field, context_length
         self.keep_special_tokens, self.keep_first_position = keep_special_tokens, keep_first_position
         self.max_norm_ratio = max_norm_ratio
         self.norm_caps: dict[int, float] | None = None
@@ -174,11 +186,26 @@ class ActivationDataModule(pl.LightningDataModule):
     def cache_key(self) -> dict:
         return {"model": self.model_name, "tokenizer": language_model.tokenizer_fingerprint(self.model_name),
                 "layers": self.layers, "site": self.site,
-                "corpus": fingerprint(self.corpus, self.text_field), "context_length": self.context_length,
+                "corpus": "+".join(self.corpus_fingerprint(source) for source in self.corpus),
+                "context_length": self.context_length,
                 "keep_special_tokens": self.keep_special_tokens, "keep_first_position": self.keep_first_position,
                 "max_norm_ratio": self.max_norm_ratio, "split_fractions": self.fractions,
                 "split_seed": self.split_seed, "max_tokens": self.max_tokens, "dtype": self.dtype,
                 "model_dtype": self.model_dtype}
+
+    def corpus_fingerprint(self, source: str) -> str:
+        if source.startswith(generated_corpus.PREFIX):  # its key, whether shipped (.xz) or generated here
+            return generated_corpus.file_name(source, self.model_name, self.decoding)
+        return fingerprint(source, self.text_field)
+
+    def corpus_files(self) -> list[str]:
+        """Each corpus as read: a generated one as its file (written first where neither shipped nor cached)."""
+        if not hasattr(self, "resolved_corpus"):
+            self.resolved_corpus = [str(generated_corpus.corpus_path(source, self.model_name, self.decoding,
+                                                                      self.progress))
+                                    if source.startswith(generated_corpus.PREFIX) else source
+                                    for source in self.corpus]
+        return self.resolved_corpus
 
     def load_lm(self) -> None:
         """The model, its hooked modules and the tokenised splits (also what downstream fidelity needs)."""
@@ -186,13 +213,14 @@ class ActivationDataModule(pl.LightningDataModule):
             return
         self.lm, self.tokenizer = language_model.load(self.model_name, self.model_dtype, self.device)
         self.modules = language_model.site_module_names(self.lm, self.layers, self.site)
-        texts = split_documents(read_documents(self.corpus, self.text_field), self.fractions, self.split_seed)
+        documents = [doc for path in self.corpus_files() for doc in read_documents(str(path), self.text_field)]
+        texts = split_documents(documents, self.fractions, self.split_seed)
         self.sequences = {split: tokenize(texts[split], self.tokenizer, self.context_length, self.keep_special_tokens,
                                           self.max_tokens[split], self.keep_first_position)
                           for split in SPLITS}
         empty = [split for split, seqs in self.sequences.items() if seqs.tokens == 0]
         if empty:
-            raise ValueError(f"data.corpus={self.corpus} gives no tokens to harvest in split(s) {empty}")
+            raise ValueError(f"data.corpus={'+'.join(self.corpus)} gives no tokens to harvest in split(s) {empty}")
         self.mark_left_out()
 
     def mark_left_out(self) -> None:
