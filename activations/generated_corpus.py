@@ -34,7 +34,7 @@ SHIPPED = Path(__file__).resolve().parents[1] / "data" / "generated"
 @dataclass(frozen=True)
 class Decoding:
     """``data.generation``: how many prompts, and how the model answers them."""
-    prompts: int = 1200
+    prompts: int = 800
     max_new_tokens: int = 256
     temperature: float = 0.7  # 0: greedy
     top_p: float = 0.9
@@ -127,7 +127,9 @@ def write_corpus(path: Path, model: str, name: str, decoding: Decoding, progress
     prompts = prompt_sets.build(name, decoding.prompts, decoding.seed)
     partial = partial_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = done_rows(partial)
+    # a partial file is trusted no further than its rows answer this key's prompts
+    rows = [row for row in done_rows(partial) if row["index"] < len(prompts)
+            and row["prompt"] == prompts[row["index"]].text]
     with partial.open("w") as handle:  # rewritten without a cut-off last line
         handle.writelines(json.dumps(row) + "\n" for row in rows)
     done = {row["index"] for row in rows}

@@ -77,7 +77,9 @@ def main() -> None:
     result = {"decode_vs_generate": round(ratio, 3),
               "decode_tokens_per_s": round(tokens / statistics.median(times["decode"]), 1)}
     if args.out:
-        print(f"wrote {write_json_result(args.out, result | {'seconds': times, 'tokens': tokens, 'batch': args.batch, 'max_new_tokens': args.tokens, 'identical_answers': same})}")
+        details = {"seconds": times, "tokens": tokens, "batch": args.batch, "max_new_tokens": args.tokens,
+                   "identical_answers": same}
+        print(f"wrote {write_json_result(args.out, result | details)}")
     print(json.dumps(result))
 
 

@@ -1,0 +1,87 @@
+"""Recovery of known features, from a sweep on synthetic data (``-m experiment=synthetic_benchmark``): a table of
+the ground-truth metrics per architecture and sparsity (mean ± std over seeds) and a figure of MCC and F1 of
+firing against test L0, one line per architecture, beside the untrained baseline (random unit directions have
+the MCC the table's first line states). Metric definitions: evaluation/ground_truth.py.
+
+    python -m analysis.synthetic dir=multirun/<date>/<time> [out=results/synthetic]
+"""
+import re
+from collections import defaultdict
+
+import hydra
+import matplotlib.pyplot as plt
+import torch
+from omegaconf import DictConfig
+
+from analysis.runs import architecture, column, group, load_runs, markdown_table, mean_std, seeds_note, sparsity_of
+from analysis.stamp import output_folder
+from evaluation.plots import publish
+
+COLUMNS = ["l0_test", "gt_mcc", "gt_f1", "gt_precision", "gt_recall", "gt_uniqueness", "gt_shrinkage",
+           "gt_dead_latents", "gt_absorption_rate", "gt_parent_miss_alone", "explained_variance"]
+PANELS = {"gt_mcc": "MCC (decoder directions vs true features)", "gt_f1": "F1 of firing"}
+
+
+def is_synthetic(run) -> bool:
+    return "gt_mcc" in run.metrics
+
+
+def random_mcc(run, draws: int = 5) -> float:
+    """The MCC of random unit directions, as many as the run's latents, against its true features."""
+    from sae_lens.synthetic import SyntheticModel, mean_correlation_coefficient
+
+    true = SyntheticModel.load_from_disk(run.path / "true_features").feature_dict.feature_vectors.detach()
+    latents, generator = run.config["model"]["hidden_dim"], torch.Generator().manual_seed(0)
+    return sum(mean_correlation_coefficient(torch.nn.functional.normalize(
+        torch.randn(latents, true.shape[1], generator=generator), dim=1), true) for _ in range(draws)) / draws
+
+
+def figure(groups: dict, baseline: float, title: str):
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(5.2 * len(PANELS), 4))
+    lines = defaultdict(list)
+    for (arch, knob), runs in groups.items():
+        lines[arch].append(runs)
+    for ax, (metric, label) in zip(axes, PANELS.items()):
+        for arch, points in lines.items():
+            l0 = [mean_std(column(runs, "l0_test"))[0] for runs in points]
+            stats = [mean_std(column(runs, metric)) for runs in points]
+            order = sorted(range(len(points)), key=lambda i: l0[i])
+            ax.errorbar([l0[i] for i in order], [stats[i][0] for i in order], yerr=[stats[i][1] for i in order],
+                        marker="o" if len(points) > 1 else "s", capsize=3, label=arch)
+        if metric == "gt_mcc":
+            ax.axhline(baseline, color="grey", linestyle=":", label=f"random directions ({baseline:.2f})")
+        ax.set_xscale("log")
+        ax.set_xlabel("test L0 (active latents per example)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="analysis")
+def main(cfg: DictConfig) -> None:
+    runs = load_runs(cfg.dir, needs=("true_features",), kind=("a run on synthetic data", is_synthetic))
+    groups = group(runs, lambda run: (architecture(run), sparsity_of(run)))
+    groups = dict(sorted(groups.items(), key=lambda item: (item[0][0], [float(n) for n in re.findall(
+        r"\d+(?:\.\d+)?(?:e-?\d+)?", item[0][1])])))
+    out, ending = output_folder(cfg)
+    baseline = random_mcc(runs[0])
+    data = runs[0].config["data"]
+    true_l0 = mean_std(column(runs, "gt_true_l0"))[0]
+    title = (f"{data['num_features']} true features in {data['input_dim']} dimensions, true L0 {true_l0:.2f}; "
+             f"{seeds_note(groups)}")
+    table = markdown_table({f"{arch} ({knob})": [run.metrics for run in runs] for (arch, knob), runs in groups.items()},
+                           COLUMNS)
+    markdown = "\n".join([
+        "# Recovery of known features", "",
+        f"{title}. Untrained baseline: random unit directions, as many as a run's latents, have MCC {baseline:.3f} "
+        f"against these features. Mean ± std over seeds; n counts them. Definitions (SAELens's, SynthSAEBench's) in "
+        f"evaluation/ground_truth.py; the decoder-free encoder is scored through its rows (it has no decoder, so no "
+        f"shrinkage).", "", table, ending])
+    publish(out, figure(groups, baseline, title), "synthetic", markdown, "synthetic.md")
+
+
+if __name__ == "__main__":
+    main()
