@@ -9,9 +9,9 @@ by the seed and the prompt's index: the batch size changes the speed, not the te
 batched matmuls).
 
 The corpus file is named by a key of everything that makes its text (model weights, tokenizer and chat
-template, the prompts, the decoding settings, the seed). Batches are appended to ``.<name>.partial`` with an
-fsync each, so a killed run resumes after its last whole batch; the file takes its name when every prompt
-has its answer. A copy shipped in data/generated with the same key is read instead of generating."""
+template, the prompts, the decoding settings, the seed). Batches are appended to ``.<name>.in-progress`` with
+an fsync each, so a killed run resumes after its last whole batch; the file is written whole under its name
+when every prompt has its answer. A copy shipped in data/generated with the same key is read instead of generating."""
 import hashlib
 import json
 import logging
@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from activations import language_model, prompt_sets
 from activations.decoding import decode, end_of_turn_ids, left_padded
-from runtime.files import partial_path
+from runtime.files import write_whole
 
 log = logging.getLogger(__name__)
 PREFIX = "generated:"
@@ -110,6 +110,10 @@ def corpus_path(corpus: str, model: str, decoding: Decoding, progress: bool = Tr
     return path
 
 
+def in_progress_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.in-progress")
+
+
 def done_rows(partial: Path) -> list[dict]:
     """The whole lines of a killed run's partial file (its last line may be cut short)."""
     if not partial.is_file():
@@ -125,7 +129,7 @@ def done_rows(partial: Path) -> list[dict]:
 
 def write_corpus(path: Path, model: str, name: str, decoding: Decoding, progress: bool = True) -> None:
     prompts = prompt_sets.build(name, decoding.prompts, decoding.seed)
-    partial = partial_path(path)
+    partial = in_progress_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # a partial file is trusted no further than its rows answer this key's prompts
     rows = [row for row in done_rows(partial) if row["index"] < len(prompts)
@@ -138,16 +142,15 @@ def write_corpus(path: Path, model: str, name: str, decoding: Decoding, progress
     lm, tokenizer = language_model.load(model)
     chats = [tokenizer.apply_chat_template([{"role": "user", "content": p.text}], add_generation_prompt=True,
                                            tokenize=False) for p in prompts]
-    lengths = [len(ids) for ids in tokenizer(chats, add_special_tokens=False)["input_ids"]]
-    todo = sorted((i for i in range(len(prompts)) if i not in done), key=lambda i: (lengths[i], i))
+    chat_ids = tokenizer(chats, add_special_tokens=False)["input_ids"]
+    todo = sorted((i for i in range(len(prompts)) if i not in done), key=lambda i: (len(chat_ids[i]), i))
     end_ids = end_of_turn_ids(tokenizer, lm)
     bar = tqdm(total=len(prompts), initial=len(done), unit="prompt", desc=f"generate {name}", disable=not progress,
                dynamic_ncols=True)
     started, new = time.monotonic(), 0
     for begin in range(0, len(todo), decoding.batch_size):
         batch = todo[begin:begin + decoding.batch_size]
-        input_ids, mask = left_padded([tokenizer(chats[i], add_special_tokens=False)["input_ids"] for i in batch],
-                                      tokenizer.pad_token_id)
+        input_ids, mask = left_padded([chat_ids[i] for i in batch], tokenizer.pad_token_id)
         answers = decode(lm, input_ids, mask, decoding.max_new_tokens, end_ids, decoding.temperature,
                          decoding.top_p, [decoding.seed * 1_000_003 + i for i in batch])
         with partial.open("a") as handle:
@@ -161,8 +164,8 @@ def write_corpus(path: Path, model: str, name: str, decoding: Decoding, progress
     bar.close()
     rows = sorted(done_rows(partial), key=lambda row: row["index"])
     written = sum(row["new_tokens"] for row in rows)
-    partial.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    os.replace(partial, path)
+    write_whole(path, "".join(json.dumps(row) + "\n" for row in rows))
+    partial.unlink()
     log.info(f"generated corpus: {len(rows)} answers, {written} generated tokens, into {path}")
 
 

@@ -10,6 +10,7 @@ ground-truth metrics read (evaluation/ground_truth.py). The true dictionary is w
 (``true_features/``, SAELens's ``SyntheticModel.save`` layout: ``SyntheticModel.load_from_disk`` reads it)."""
 import logging
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -68,9 +69,16 @@ class SyntheticDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        from sae_lens.synthetic import SyntheticModel
+        from sae_lens.synthetic import FeatureDictionary, SyntheticModel, orthogonal_initializer
 
-        self.model = SyntheticModel(self.config)  # seeded by dictionary_seed: the same dictionary for every run seed
+        # the dictionary as SyntheticModel builds it (seeded by dictionary_seed: the same for every run seed), but
+        # with its orthogonalisation's progress bar only in a terminal, not redrawn into a log
+        steps = self.config.orthogonalization
+        initializer = None if steps is None else orthogonal_initializer(
+            num_steps=steps.num_steps, lr=steps.lr, chunk_size=steps.chunk_size, show_progress=sys.stderr.isatty())
+        dictionary = FeatureDictionary(self.config.num_features, self.config.hidden_dim, bias=self.config.bias,
+                                       initializer=initializer, seed=self.config.seed)
+        self.model = SyntheticModel(self.config, feature_dict=dictionary)
         if self.save_dir and rank_and_world_size(self.trainer)[0] == 0:
             self.model.save(Path(self.save_dir) / "true_features")
         for split, n in self.sizes.items():

@@ -13,7 +13,6 @@ from activations.decoding import decode, left_padded, next_tokens
 from activations.language_model import load_tokenizer
 from analysis.steering_effect import matched_random, summarise, word_pattern
 from conftest import read_metrics, run_cli
-from runtime.files import partial_path
 
 ROWS = [[5, 9, 13], [7, 2, 2, 8, 30, 11], [40, 41], [3, 3, 3, 3, 3]]
 
@@ -126,9 +125,9 @@ def test_a_killed_corpus_resumes_after_its_last_whole_batch(chat_llama, tmp_path
     assert rows[0]["text"].count("<|im_start|>") == 3 and rows[0]["prompt"] in rows[0]["text"]
     lines = whole.splitlines(keepends=True)
     path.unlink()  # killed while writing the third answer: two whole lines and half of one
-    partial_path(path).write_text("".join(lines[:2]) + lines[2][:40])
+    generated_corpus.in_progress_path(path).write_text("".join(lines[:2]) + lines[2][:40])
     assert generated_corpus.corpus_path("generated:reasoning", chat_llama, decoding, progress=False) == path
-    assert path.read_text() == whole and not partial_path(path).exists()
+    assert path.read_text() == whole and not generated_corpus.in_progress_path(path).exists()
     stamp = path.stat().st_mtime_ns  # a finished corpus is read, not written again
     generated_corpus.corpus_path("generated:reasoning", chat_llama, decoding, progress=False)
     assert path.stat().st_mtime_ns == stamp

@@ -134,3 +134,13 @@ def test_bad_synthetic_settings_are_one_error_line(override, message, tmp_path):
 def test_the_true_dictionary_is_saved_beside_the_run(topk_run):
     config = json.loads((topk_run / "true_features" / "synthetic_model_config.json").read_text())
     assert config["num_features"] == 64 and config["hidden_dim"] == 32
+
+
+def test_analysis_tables_and_plots_a_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_cli("train.py", "-m", *SMALL, "data.batches_per_epoch=50", "model=topk,encoder", "+sparsity=2",
+            "model.hidden_dim=64", f"hydra.sweep.dir={sweep}")
+    run_cli("-m", "analysis.synthetic", f"dir={sweep}")
+    table = (sweep / "analysis" / "synthetic.md").read_text()
+    assert "| topk:mse_auxk (k 2) | 1 |" in table and "| encoder:lse_var_tc (–) | 1 |" in table
+    assert "random unit directions" in table and (sweep / "analysis" / "synthetic.png").stat().st_size > 0
