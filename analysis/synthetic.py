@@ -41,20 +41,22 @@ def figure(groups: dict, baseline: float, title: str):
     lines = defaultdict(list)
     for (arch, knob), runs in groups.items():
         lines[arch].append(runs)
+    colours = plt.get_cmap("tab20")  # more architectures than tab10 has colours: no two lines share one
     for ax, (metric, label) in zip(axes, PANELS.items()):
-        for arch, points in lines.items():
+        for n, (arch, points) in enumerate(lines.items()):
             l0 = [mean_std(column(runs, "l0_test"))[0] for runs in points]
             stats = [mean_std(column(runs, metric)) for runs in points]
             order = sorted(range(len(points)), key=lambda i: l0[i])
             ax.errorbar([l0[i] for i in order], [stats[i][0] for i in order], yerr=[stats[i][1] for i in order],
-                        marker="o" if len(points) > 1 else "s", capsize=3, label=arch)
+                        marker="s" if arch.startswith("encoder") else "o", capsize=3, label=arch,
+                        color=colours(n % colours.N))
         if metric == "gt_mcc":
             ax.axhline(baseline, color="grey", linestyle=":", label=f"random directions ({baseline:.2f})")
         ax.set_xscale("log")
         ax.set_xlabel("test L0 (active latents per example)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, ncol=2)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig

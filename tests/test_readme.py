@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from conftest import QUICK, ROOT, read_metrics, run_cli
 
 ANALYSIS_KEYS = {"dir", "run", "out"}  # the analysis and export commands' own keys
-ANALYSIS_CONFIGS = ("features", "steer")  # the other commands' configs, where an option of theirs composes
+ANALYSIS_CONFIGS = ("features", "steer", "steering_effect")  # the other commands' configs, where an option of theirs composes
 
 
 def documented_overrides() -> list[str]:
