@@ -12,7 +12,7 @@ held-out checkable problems greedily through its chat template. Per strength and
 each the mean over the group's latents and the prompts, ± the standard error over prompts (each prompt's
 value averaged over the group's latents first). Strength 0 is the unsteered model, once for both groups.
 
-    python -m analysis.steering_effect run=<run dir> [k=3] [strengths=[0,2,4,8]] [prompts=24] [out=<dir>]
+    python -m analysis.steering_effect run=<run dir> [k=3] [strengths=[0,0.25,0.5,1]] [prompts=24] [out=<dir>]
 
 Writes ``steering.md`` (the table), ``steering.json`` (every answer) and ``steering.png``/``.pdf`` (strength on
 x, one line per group) into ``<run>/steering_effect/`` or ``out``. ReasonScore's settings are the browser's
