@@ -10,11 +10,11 @@ from collections import defaultdict
 
 import hydra
 import matplotlib.pyplot as plt
-import torch
 from omegaconf import DictConfig
 
 from analysis.runs import architecture, column, group, load_runs, markdown_table, mean_std, seeds_note, sparsity_of
 from analysis.stamp import output_folder
+from evaluation.ground_truth import random_directions_mcc
 from evaluation.plots import publish
 
 COLUMNS = ["l0_test", "gt_mcc", "gt_f1", "gt_precision", "gt_recall", "gt_uniqueness", "gt_shrinkage",
@@ -26,14 +26,12 @@ def is_synthetic(run) -> bool:
     return "gt_mcc" in run.metrics
 
 
-def random_mcc(run, draws: int = 5) -> float:
-    """The MCC of random unit directions, as many as the run's latents, against its true features."""
-    from sae_lens.synthetic import SyntheticModel, mean_correlation_coefficient
+def random_mcc(run) -> float:
+    """The untrained baseline of the run's width against its true features."""
+    from sae_lens.synthetic import SyntheticModel
 
-    true = SyntheticModel.load_from_disk(run.path / "true_features").feature_dict.feature_vectors.detach()
-    latents, generator = run.config["model"]["hidden_dim"], torch.Generator().manual_seed(0)
-    return sum(mean_correlation_coefficient(torch.nn.functional.normalize(
-        torch.randn(latents, true.shape[1], generator=generator), dim=1), true) for _ in range(draws)) / draws
+    true = SyntheticModel.load_from_disk(run.path / "true_features").feature_dict.feature_vectors
+    return random_directions_mcc(true, run.config["model"]["hidden_dim"])
 
 
 def figure(groups: dict, baseline: float, title: str):

@@ -23,6 +23,9 @@ import torch
 from torch import Tensor
 
 MIN_EXAMPLES = 20  # examples a parent needs in each case before its absorption counts
+# the untrained baseline's seed: not a small one, since a dictionary drawn by randn under the same seed (SAELens
+# seeds its dictionary with dictionary_seed, 0 by default) would be the "random" directions themselves
+BASELINE_SEED = 2**40 + 7
 
 
 def ground_truth_metrics(directions: Tensor, codes: Tensor, true_directions: Tensor, true_activations: Tensor,
@@ -53,6 +56,18 @@ def ground_truth_metrics(directions: Tensor, codes: Tensor, true_directions: Ten
     if hierarchy is not None:
         values.update(absorption(directions, codes, true_directions, true_activations, parents(hierarchy)))
     return values
+
+
+def random_directions_mcc(true_directions: Tensor, latents: int, draws: int = 5) -> float:
+    """The MCC of ``latents`` random unit directions against the true features, averaged over draws: what an
+    untrained coder of that width scores."""
+    from sae_lens.synthetic import mean_correlation_coefficient
+
+    generator = torch.Generator().manual_seed(BASELINE_SEED)
+    true_directions = true_directions.detach().float().cpu()
+    return sum(mean_correlation_coefficient(torch.nn.functional.normalize(
+        torch.randn(latents, true_directions.shape[1], generator=generator), dim=1), true_directions)
+        for _ in range(draws)) / draws
 
 
 def parents(hierarchy) -> dict[int, list[int]]:
