@@ -18,6 +18,12 @@ def left_padded(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     return input_ids, mask
 
 
+def chat_prompt_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Each text as a user turn through the tokenizer's chat template, ready for the assistant's answer."""
+    return [tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                          tokenize=True, return_dict=True)["input_ids"] for text in texts]
+
+
 def end_of_turn_ids(tokenizer, lm) -> set[int]:
     """The tokens that end an answer: the generation config's EOS ids and the tokenizer's EOS."""
     configured = lm.generation_config.eos_token_id

@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from activations import language_model, prompt_sets
-from activations.decoding import decode, end_of_turn_ids, left_padded
+from activations.decoding import chat_prompt_ids, decode, end_of_turn_ids, left_padded
 from runtime.files import write_whole
 
 log = logging.getLogger(__name__)
@@ -140,9 +140,7 @@ def write_corpus(path: Path, model: str, name: str, decoding: Decoding, progress
     if done:
         log.info(f"generated corpus: resuming {path.name} with {len(done)}/{len(prompts)} answers written")
     lm, tokenizer = language_model.load(model)
-    chats = [tokenizer.apply_chat_template([{"role": "user", "content": p.text}], add_generation_prompt=True,
-                                           tokenize=False) for p in prompts]
-    chat_ids = tokenizer(chats, add_special_tokens=False)["input_ids"]
+    chat_ids = chat_prompt_ids(tokenizer, [p.text for p in prompts])
     todo = sorted((i for i in range(len(prompts)) if i not in done), key=lambda i: (len(chat_ids[i]), i))
     end_ids = end_of_turn_ids(tokenizer, lm)
     bar = tqdm(total=len(prompts), initial=len(done), unit="prompt", desc=f"generate {name}", disable=not progress,

@@ -211,8 +211,7 @@ def browse(cfg: DictConfig) -> Path:
     seconds = time.time() - started
     more = f" (and {len(pages) - 1} more pages of cards, block-<b>.html)" if len(pages) > 1 else ""
     print(f"wrote {out / 'index.html'}{more}, features.json and reason_score.md: {len(chosen)} of {latents} latents "
-          f"over "
-          f"{tops.tokens} {cfg.split} tokens in {seconds:.0f} s")
+          f"over {tops.tokens} {cfg.split} tokens in {seconds:.0f} s")
     log_to_wandb(run_cfg, run_dir, out / "index.html")
     return out
 

@@ -22,6 +22,7 @@ import math
 import re
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -31,8 +32,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from activations import prompt_sets
-from activations.decoding import decode, end_of_turn_ids, left_padded
-from activations.generated_corpus import PREFIX
+from activations.decoding import chat_prompt_ids, decode, end_of_turn_ids, left_padded
+from activations.generated_corpus import PREFIX, Decoding, prompt_set_name
 from activations.language_model import hooks, is_causal
 from analysis.features import check_reason_settings, directions, lm_data, reason_sums
 from analysis.stamp import runs_line, stamp, stamp_line
@@ -68,10 +69,10 @@ def held_out_prompts(cfg: DictConfig, run_cfg: DictConfig) -> list[prompt_sets.P
     """Checkable problems the run's SAE never read: none whose text is in the run's generated corpus."""
     corpus = run_cfg.data.get("corpus", "pydocs")
     sources = [corpus] if isinstance(corpus, str) else list(corpus)
-    generation = run_cfg.data.get("generation") or {}
+    decoding = Decoding(**(run_cfg.data.get("generation") or {}))  # the run's, its defaults where it set none
     seen = {p.text for source in sources if source.startswith(PREFIX)
-            for p in prompt_sets.build(source[len(PREFIX):], generation.get("prompts", 1200), generation.get("seed", 0))}
-    if cfg.prompt_seed == generation.get("seed", 0) and seen:
+            for p in prompt_sets.build(prompt_set_name(source), decoding.prompts, decoding.seed)}
+    if cfg.prompt_seed == decoding.seed and seen:
         raise ValueError(f"prompt_seed={cfg.prompt_seed} is the seed of the run's generated corpus: pick another, "
                          f"so that the steering prompts are held out")
     problems = [p for p in prompt_sets.build(cfg.prompt_set, cfg.prompts * 3, cfg.prompt_seed, exclude=seen)
@@ -111,20 +112,14 @@ def answer_row(prompt, tokens: list[int], end_ids: set[int], tokenizer, pattern:
             "correct": float(prompt_sets.is_correct(text, prompt))}
 
 
-def answers(data, prompts, cfg, replace=None) -> list[list[int]]:
-    """Greedy answers to ``prompts`` through the chat template, steered by ``replace`` at the run's layer."""
-    tokenizer, lm = data.tokenizer, data.lm
-    rows = [tokenizer.apply_chat_template([{"role": "user", "content": p.text}], add_generation_prompt=True,
-                                          tokenize=True, return_dict=True)["input_ids"] for p in prompts]
-    end_ids = end_of_turn_ids(tokenizer, lm)
+def answers(data, rows: list[list[int]], end_ids: set[int], cfg, replace=None) -> list[list[int]]:
+    """Greedy answers to the chat prompts ``rows``, steered by ``replace`` at the run's layer where given."""
+    steered = hooks(data.lm, {data.layer: data.modules[data.layer]}, replace=replace) if replace else nullcontext()
     out = []
-    for begin in range(0, len(rows), cfg.batch_size):
-        input_ids, mask = left_padded(rows[begin:begin + cfg.batch_size], tokenizer.pad_token_id)
-        if replace is None:
-            out += decode(lm, input_ids, mask, cfg.max_new_tokens, end_ids)
-            continue
-        with hooks(lm, {data.layer: data.modules[data.layer]}, replace=replace):
-            out += decode(lm, input_ids, mask, cfg.max_new_tokens, end_ids)
+    with steered:
+        for begin in range(0, len(rows), cfg.batch_size):
+            input_ids, mask = left_padded(rows[begin:begin + cfg.batch_size], data.tokenizer.pad_token_id)
+            out += decode(data.lm, input_ids, mask, cfg.max_new_tokens, end_ids)
     return out
 
 
@@ -208,6 +203,7 @@ def measure(cfg: DictConfig) -> Path:
     strengths = sorted({0.0} | {float(s) for s in cfg.strengths})  # 0: the unsteered baseline, always shown
     pattern = word_pattern(cfg.reasoning_words)
     end_ids = end_of_turn_ids(data.tokenizer, data.lm)
+    chat_rows = chat_prompt_ids(data.tokenizer, [p.text for p in prompts])
     jobs = [(group, latent, s) for group, latents_ in groups.items() for latent in latents_ for s in strengths if s > 0]
     rows = []
 
@@ -218,10 +214,10 @@ def measure(cfg: DictConfig) -> Path:
         print(f"steering: {len(rows) // len(prompts)}/{len(jobs) + 1} settings done ({time.time() - started:.0f} s): "
               f"{group}, latent {latent}, strength {strength:g}", flush=True)
 
-    record("unsteered", None, 0.0, answers(data, prompts, cfg))
+    record("unsteered", None, 0.0, answers(data, chat_rows, end_ids, cfg))
     for group, latent, strength in jobs:
-        record(group, latent, strength, answers(data, prompts, cfg, steer(rows_dir[latent], strength * float(peak[latent]),
-                                                                          "add")))
+        push = steer(rows_dir[latent], strength * float(peak[latent]), "add")
+        record(group, latent, strength, answers(data, chat_rows, end_ids, cfg, push))
     summary = summarise(rows, groups, strengths)
     out = Path(cfg.out) if cfg.out else run_dir / "steering_effect"
     title = (f"{run_dir.name}: {data.model_name} layer {data.layer}, {len(prompts)} held-out problems (set {cfg.prompt_set}), "

@@ -20,7 +20,7 @@ import warnings
 import torch
 
 from activations import language_model, prompt_sets
-from activations.decoding import decode, end_of_turn_ids, left_padded
+from activations.decoding import chat_prompt_ids, decode, end_of_turn_ids, left_padded
 from analysis.stamp import write_json_result
 
 ROUNDS = 3
@@ -37,9 +37,7 @@ def main() -> None:
     load_average = os.getloadavg()[0]
     lm, tokenizer = language_model.load("smollm2")
     prompts = prompt_sets.build("reasoning", args.batch, seed=0)
-    rows = [tokenizer.apply_chat_template([{"role": "user", "content": p.text}], add_generation_prompt=True,
-                                          tokenize=True, return_dict=True)["input_ids"] for p in prompts]
-    input_ids, mask = left_padded(rows, tokenizer.pad_token_id)
+    input_ids, mask = left_padded(chat_prompt_ids(tokenizer, [p.text for p in prompts]), tokenizer.pad_token_id)
     end_ids = end_of_turn_ids(tokenizer, lm)
 
     def ours() -> tuple[float, list[list[int]]]:

@@ -5,6 +5,7 @@ shard windows, never loaded whole; or (``cache: false``) harvested on the fly ev
 mixing buffer. Val and test tokens, and a fixed sample of train tokens for the read-outs fitted at
 the end, are held in memory as ``splits``, like the other datamodules'.
 """
+import functools
 import logging
 import math
 
@@ -13,9 +14,8 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from activations import language_model
+from activations import generated_corpus, language_model
 from activations.cache import ActivationCache
-from activations import generated_corpus
 from activations.corpus import SPLITS, fingerprint, read_documents, split_documents, tokenize
 from activations.harvest import activation_batches, harvest, norm_caps
 from datamodules.resumable import ResumableBatches
@@ -198,14 +198,11 @@ class ActivationDataModule(pl.LightningDataModule):
             return generated_corpus.file_name(source, self.model_name, self.decoding)
         return fingerprint(source, self.text_field)
 
+    @functools.cached_property
     def corpus_files(self) -> list[str]:
         """Each corpus as read: a generated one as its file (written first where neither shipped nor cached)."""
-        if not hasattr(self, "resolved_corpus"):
-            self.resolved_corpus = [str(generated_corpus.corpus_path(source, self.model_name, self.decoding,
-                                                                      self.progress))
-                                    if source.startswith(generated_corpus.PREFIX) else source
-                                    for source in self.corpus]
-        return self.resolved_corpus
+        return [str(generated_corpus.corpus_path(source, self.model_name, self.decoding, self.progress))
+                if source.startswith(generated_corpus.PREFIX) else source for source in self.corpus]
 
     def load_lm(self) -> None:
         """The model, its hooked modules and the tokenised splits (also what downstream fidelity needs)."""
@@ -213,7 +210,7 @@ class ActivationDataModule(pl.LightningDataModule):
             return
         self.lm, self.tokenizer = language_model.load(self.model_name, self.model_dtype, self.device)
         self.modules = language_model.site_module_names(self.lm, self.layers, self.site)
-        documents = [doc for path in self.corpus_files() for doc in read_documents(str(path), self.text_field)]
+        documents = [doc for path in self.corpus_files for doc in read_documents(path, self.text_field)]
         texts = split_documents(documents, self.fractions, self.split_seed)
         self.sequences = {split: tokenize(texts[split], self.tokenizer, self.context_length, self.keep_special_tokens,
                                           self.max_tokens[split], self.keep_first_position)

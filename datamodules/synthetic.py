@@ -86,9 +86,9 @@ class SyntheticDataModule(pl.LightningDataModule):
             self.splits[split] = (x, features.argmax(1))
             if split == "test":
                 self.true_activations[split] = features
-        self.true_l0 = float((self.true_activations["test"] > 0).sum(1).double().mean())
+        true_l0 = float((self.true_activations["test"] > 0).sum(1).double().mean())
         log.info(f"synthetic data: {self.num_features} true features in {self.input_dim} dimensions, true L0 "
-                 f"{self.true_l0:.2f} on test")
+                 f"{true_l0:.2f} on test")
 
     def sample(self, n: int, seed: tuple) -> tuple[Tensor, Tensor]:
         """(x [n, d], true feature activations [n, N]) from the global RNG seeded by ``seed``, restored after."""
