@@ -44,6 +44,10 @@ class RunError(Exception):
 
 
 def set_up_process(cfg: DictConfig) -> None:
+    if rank_zero_only.rank != 0:  # every DDP rank runs this task: the run's train.log is rank 0's lines
+        root = logging.getLogger()
+        for handler in [handler for handler in root.handlers if isinstance(handler, logging.FileHandler)]:
+            root.removeHandler(handler)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     if cfg.reuse_freed_memory:

@@ -2,6 +2,7 @@
 job reported, and jobs requeued mid-training (scontrol requeue, or the pre-timeout USR2) that resume in their
 run folder and end bit for bit as an unbroken run."""
 import os
+import re
 import subprocess
 import sys
 import time
@@ -62,6 +63,18 @@ def test_an_unknown_partition_fails_in_one_line_before_submitting(tmp_path):
                      check=False)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == "error: unknown partition 'gpu-a100'; the cluster has ['debug']"
+    assert not (tmp_path / ".submitit").exists()
+
+
+@pytest.mark.parametrize("request_, problem", [
+    (["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=9"],
+     r"9 nodes requested \(trainer.num_nodes\), but partition debug has \d"),
+    (["hydra.launcher.mem_gb=100000"], r"hydra.launcher.mem_gb=100000 per node, but the nodes of partition debug have "
+                                       r"[\d.]+ GB")], ids=["nodes", "memory"])
+def test_more_than_the_cluster_has_fails_in_one_line_before_submitting(tmp_path, request_, problem):
+    result = run_cli("train.py", *LAUNCH, *QUICK, *request_, f"hydra.sweep.dir={tmp_path}", check=False)
+    assert result.returncode != 0
+    assert re.fullmatch(f"error: {problem}", result.stderr.strip().splitlines()[-1])
     assert not (tmp_path / ".submitit").exists()
 
 

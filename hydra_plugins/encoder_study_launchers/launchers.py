@@ -23,6 +23,7 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf, open_dict
 
+from hydra_plugins.encoder_study_launchers import slurm_jobs
 from runtime.errors import first_line
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,10 @@ class ReportsFailures:
     def run_dir(self, job: JobReturn, overrides, num: int) -> str:
         if job.hydra_cfg is not None:
             return job.hydra_cfg.hydra.runtime.output_dir
-        # a job that died without a result: its folder as the launcher composed it (the subdir may use the job num)
+        return self.planned_run_dir(overrides, num)  # a job that died without a result
+
+    def planned_run_dir(self, overrides, num: int) -> str:
+        """A job's folder as the launcher composes it (the subdir may use the job num)."""
         config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
         with open_dict(config.hydra.job):
             config.hydra.job.num = num
@@ -109,15 +113,28 @@ class SubmititReportsFailures(ReportsFailures):
         for num, overrides in enumerate(job_overrides, initial_job_idx):
             log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
             jobs_params.append((list(overrides), "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state()))
+        jobs = executor.map_array(self, *zip(*jobs_params))
+        run_dirs = [Path(self.planned_run_dir(overrides, num))
+                    for num, overrides in enumerate(job_overrides, initial_job_idx)]
+        views = self.watch(jobs, run_dirs)
         returns = []
-        for job in executor.map_array(self, *zip(*jobs_params)):
+        for job, run_dir in zip(jobs, run_dirs):
             try:
                 returns.append(job.results()[0])
             except (FailedJobError, UncompletedJobError) as error:
                 died = JobReturn(status=JobStatus.FAILED)
-                died.return_value = RuntimeError(f"{type(error).__name__} (job state {job.state}): {first_line(error)}")
+                died.return_value = RuntimeError(self.lost_line(job, views, run_dir) or
+                                                 f"{type(error).__name__} (job state {job.state}): {first_line(error)}")
                 returns.append(died)
         return returns
+
+    def watch(self, jobs, run_dirs) -> dict:
+        """Follow the jobs until each has ended for good (job.results() then only collects)."""
+        return {}
+
+    def lost_line(self, job, views: dict, run_dir: Path) -> str | None:
+        """Why a job without a result ended, where the cluster can say it better than submitit."""
+        return None
 
 
 class LocalLauncher(SubmititReportsFailures, submitit_launcher.LocalLauncher):
@@ -137,7 +154,20 @@ class SlurmLauncher(SubmititReportsFailures, submitit_launcher.SlurmLauncher):
         problem = cluster_problem(self.params, self.config.trainer)
         if problem:
             sys.exit(f"error: {problem}")
+        extra = self.params.get("additional_parameters") or {}
+        if extra.get("requeue") is False:  # submitit would write --requeue=False, which sbatch refuses
+            self.params["additional_parameters"] = {**{k: v for k, v in extra.items() if k != "requeue"},
+                                                    "no_requeue": True}
         return super().launch_all(job_overrides, initial_job_idx)
+
+    def watch(self, jobs, run_dirs) -> dict:
+        return slurm_jobs.watch([job.job_id for job in jobs], run_dirs, log)
+
+    def lost_line(self, job, views: dict, run_dir: Path) -> str | None:
+        line = slurm_jobs.lost_line(job.job_id, views.get(job.job_id))
+        if line:
+            slurm_jobs.mark_interrupted(run_dir, line)
+        return line
 
 
 def sinfo(partition: str | None, field: str) -> list[str]:
@@ -172,11 +202,18 @@ def cluster_problem(launcher: dict, trainer) -> str | None:
     if partition and partition not in names:
         return f"unknown partition {partition!r}; the cluster has {sorted(set(names))}"
     partition = partition or next((name.rstrip("*") for name in partitions if name.endswith("*")), names[0])
+    nodes = sum(int(count) for count in sinfo(partition, "%D"))  # one count per group of nodes in a state
+    if launcher["nodes"] > nodes:
+        return f"{launcher['nodes']} nodes requested (trainer.num_nodes), but partition {partition} has {nodes}"
     node_gpus = max(gpus(gres) for gres in sinfo(partition, "%G"))
     node_cpus = max(int(cpus) for cpus in sinfo(partition, "%c"))
     wanted_gpus = max(gpus_per_node, tasks if trainer.accelerator == "gpu" else 0)
     if wanted_gpus > node_gpus:
         return f"{wanted_gpus} GPUs per node requested, but the nodes of partition {partition} have {node_gpus}"
+    node_mb = max(int(memory.rstrip("+")) for memory in sinfo(partition, "%m"))
+    if launcher.get("mem_gb") and launcher["mem_gb"] * 1024 > node_mb:
+        return f"hydra.launcher.mem_gb={launcher['mem_gb']} per node, but the nodes of partition {partition} have " \
+               f"{node_mb / 1024:.1f} GB"
     wanted_cpus = tasks * (launcher.get("cpus_per_task") or 1)
     if wanted_cpus > node_cpus:
         return f"{wanted_cpus} CPUs per node requested (tasks_per_node x cpus_per_task), but the nodes of " \

@@ -1,0 +1,107 @@
+"""What SLURM says of a sweep's jobs, read from slurmctld (``scontrol``) while it remembers them: sacct, which
+submitit polls, lags behind it and shows a requeued job's NODE_FAIL for a moment before the job is pending
+again, long enough for submitit to take the job for ended and lost.
+
+A job requeued after it lost its node (or was preempted, or requeued by hand) comes back with its Restarts
+count one higher; until its next start its run folder says ``interrupted`` and why."""
+import json
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.files import write_whole
+from runtime.run_folder import LIVE, read_metrics
+
+# a job in these states has not ended for good (it may still be requeued, or is waiting to start again)
+UNFINISHED = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "COMPLETING",
+              "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
+
+
+@dataclass(frozen=True)
+class JobView:
+    state: str
+    restarts: int
+    nodes: str  # the nodes it runs on (empty while pending)
+
+    @property
+    def ended(self) -> bool:
+        return self.state not in UNFINISHED
+
+
+def field_values(line: str) -> dict[str, str]:
+    return dict(re.findall(r"(\w+)=(\S*)", line))
+
+
+def scontrol_views(job_ids: list[str]) -> dict[str, JobView]:
+    """The jobs slurmctld still knows (it forgets an ended job after MinJobAge, 300 s by default), by
+    submitit's id: ``<array>_<task>`` for an array's task, ``<job>`` otherwise."""
+    views = {}
+    for base in sorted({job_id.split("_")[0] for job_id in job_ids}):
+        shown = subprocess.run(["scontrol", "show", "job", "-o", base], capture_output=True, text=True)
+        for line in shown.stdout.splitlines():
+            fields = field_values(line)
+            task = fields.get("ArrayTaskId", "")
+            job_id = f"{fields.get('ArrayJobId')}_{task}" if task.isdigit() else fields.get("JobId", "")
+            views[job_id] = JobView(fields.get("JobState", "UNKNOWN"), int(fields.get("Restarts", 0)),
+                                    "" if fields.get("NodeList") == "(null)" else fields.get("NodeList", ""))
+    return views
+
+
+def previous_run(job_id: str) -> tuple[str, str]:
+    """How the job's latest run that ended did (its state, its nodes), from sacct's records of each run."""
+    shown = subprocess.run(["sacct", "-n", "-X", "-P", "--duplicates", "-o", "State,NodeList", "-j", job_id],
+                           capture_output=True, text=True).stdout.splitlines()
+    ended = [line.split("|") for line in shown if line.strip() and line.split("|")[0] not in UNFINISHED]
+    return (ended[-1][0], ended[-1][1]) if ended else ("", "")
+
+
+def mark_interrupted(run_dir: Path, why: str) -> None:
+    """A run whose process died without a word (its node lost) says so in its metrics.json, which still names
+    that process as live, until its next start writes the file again."""
+    metrics = read_metrics(run_dir)
+    if metrics.get("status") not in LIVE:
+        return  # it wrote its own status (SIGTERM: interrupted), or never started
+    metrics.pop("process", None)
+    write_whole(run_dir / "metrics.json", json.dumps({**metrics, "status": "interrupted", "interrupted": why},
+                                                     indent=2, sort_keys=True))
+
+
+def watch(job_ids: list[str], run_dirs: list[Path], log, poll_s: float = 2.0) -> dict[str, JobView]:
+    """Wait until slurmctld says every job has ended for good or forgets it; on each requeue, mark the job's
+    run folder interrupted. Returns the last view of each job it saw."""
+    last: dict[str, JobView] = {}
+    restarts = dict.fromkeys(job_ids, 0)
+    while True:
+        views = scontrol_views(job_ids)
+        for job_id, run_dir in zip(job_ids, run_dirs):
+            view = views.get(job_id)
+            if view is None:
+                continue
+            if view.restarts > restarts[job_id]:
+                restarts[job_id] = view.restarts
+                state, nodes = previous_run(job_id)
+                nodes = nodes or (last[job_id].nodes if job_id in last else "its node")
+                why = f"job {job_id} {state.lower() or 'stopped'} on {nodes}; requeued " \
+                      f"(restart {view.restarts}), it resumes from its last checkpoint"
+                log.warning(why)
+                if view.state != "RUNNING":  # once running again, the run writes its own status
+                    mark_interrupted(run_dir, why)
+            last[job_id] = view
+        if all(job_id not in views or views[job_id].ended for job_id in job_ids):
+            return last
+        time.sleep(poll_s)
+
+
+def lost_line(job_id: str, view: JobView | None) -> str | None:
+    """One line for a job that lost its node and was not requeued; None for any other end."""
+    state, nodes = (view.state, view.nodes) if view else ("", "")
+    if state != "NODE_FAIL":
+        records = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State,NodeList", "-j", job_id],
+                                 capture_output=True, text=True).stdout.splitlines()
+        state, _, nodes = (records[-1] if records else "").partition("|")
+    if state != "NODE_FAIL":
+        return None
+    return (f"job {job_id} lost its node {nodes} (NODE_FAIL) and was not requeued: submit it with "
+            f"hydra.launcher.additional_parameters.requeue=true, or run the same command again to resume it")
