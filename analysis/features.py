@@ -38,12 +38,24 @@ from runtime.files import write_whole
 LOGIT_ROWS = 10  # promoted and suppressed tokens shown per latent, as SAE-Dashboard shows them
 
 
-def lm_data(run_cfg: DictConfig, run_dir: Path, harvest: bool):
-    """The run's activation datamodule, with its cache (checked before anything is harvested) and its LM."""
+# what makes a run's text (the rest of its data config makes the activations from it)
+TEXT_KEYS = ("corpus", "generation", "text_field", "max_tokens", "split_fractions", "split_seed")
+
+
+def lm_data(run_cfg: DictConfig, run_dir: Path, harvest: bool, text_from: str | None = None):
+    """The run's activation datamodule, with its cache (checked before anything is harvested) and its LM; with
+    ``text_from``, the text of that other LM run (its corpus and splits) read through this run's model and site."""
     data_cfg = run_cfg.data
     if "layer" not in data_cfg or "model" not in data_cfg:
         raise ValueError(f"{run_dir} is not an LM run (its data is {data_cfg.get('_target_')}): the feature browser "
                          f"reads an LM run's activation cache and tokens")
+    if text_from:
+        other = run_config(Path(text_from)).data
+        same = ("model", "layer", "site", "input_dim")
+        if any(other.get(key) != data_cfg.get(key) for key in same):
+            raise ValueError(f"text_from={text_from} reads {[other.get(key) for key in same]} (model, layer, site, "
+                             f"width), but {run_dir} was trained on {[data_cfg.get(key) for key in same]}")
+        data_cfg = OmegaConf.merge(data_cfg, {key: other[key] for key in TEXT_KEYS if key in other})
     if not data_cfg.get("cache", True):
         raise ValueError(f"{run_dir} trained without an activation cache (data.cache=false): the browser reads one")
     data = instantiate(OmegaConf.merge(data_cfg, {"progress": False}))
@@ -134,7 +146,7 @@ def browse(cfg: DictConfig) -> Path:
         raise ValueError(f"top={cfg.top} and cards_per_page={cfg.cards_per_page} must be > 0 "
                          f"and window={cfg.window} >= 0")
     before, after = check_reason_settings(cfg)
-    data = lm_data(run_cfg, run_dir, cfg.harvest)
+    data = lm_data(run_cfg, run_dir, cfg.harvest, cfg.text_from)
     _, model = trained_model(run_dir)
     input_ids, real, grid = token_grid(data, cfg.split)
     x = data.splits[cfg.split][0]
@@ -193,7 +205,8 @@ def browse(cfg: DictConfig) -> Path:
 
     out = Path(cfg.out) if cfg.out else run_dir / "features"
     out.mkdir(parents=True, exist_ok=True)
-    page = {"run": run_dir.name, "model": data.model_name, "layer": data.layer, "split": cfg.split,
+    page = {"run": run_dir.name, "text_of": Path(cfg.text_from).name if cfg.text_from else None,
+            "model": data.model_name, "layer": data.layer, "split": cfg.split,
             "tokens": tops.tokens, "latents": latents, "top": cfg.top, "window": cfg.window,
             "logit_effect": logit_note, "stamp": stamp_line(), "fidelity": fidelity_line(run_dir),
             "reason_score": {"words": {name: [data.tokenizer.decode(ids) for ids in variants]
@@ -283,8 +296,9 @@ def reason_table(page: dict, rows: int = 20) -> str:
     cards = [by_index[i] for i in wanted if i in by_index]
     if len(cards) < len(wanted):
         which += f"; {len(wanted) - len(cards)} of them are not among the latents features= chose, left out below"
+    text = f" of run {page['text_of']}'s text" if page.get("text_of") else ""
     lines = [f"# ReasonScore: the top latents of {page['run']}", "",
-             f"{page['model']} layer {page['layer']}, {page['tokens']} {page['split']} tokens; ReasonScore as "
+             f"{page['model']} layer {page['layer']}, {page['tokens']} {page['split']} tokens{text}; ReasonScore as "
              f"docs/features.md defines it (alpha {score['alpha']}, window {score['window']}, fold: {score['fold']}); "
              f"{which}. A dense latent (density near 1) fires everywhere, reasoning words included: read its "
              f"ReasonScore beside its density.", "",

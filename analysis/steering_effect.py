@@ -175,7 +175,7 @@ def measure(cfg: DictConfig) -> Path:
     if "model" not in run_cfg.data or "layer" not in run_cfg.data:
         raise ValueError(f"{run_dir} is not an LM run: steering generates with the run's language model")
     prompts = held_out_prompts(cfg, run_cfg)
-    data = lm_data(run_cfg, run_dir, cfg.harvest)
+    data = lm_data(run_cfg, run_dir, cfg.harvest, cfg.text_from)
     if not is_causal(data.lm.config):
         raise ValueError(f"steering needs a causal LM: {data.model_name} does not generate")
     if not data.tokenizer.chat_template:
@@ -227,8 +227,8 @@ def measure(cfg: DictConfig) -> Path:
     markdown = "\n".join([
         "# Steering with ReasonScore latents against density-matched random latents", "",
         f"{title}. Each latent's {kind} added at every position, c = strength x its largest {cfg.split} activation; "
-        f"strength 0 is the unsteered model. ReasonScore on {cfg.split} ({tokens} "
-        f"tokens), window {list(cfg.reason_window)}, fold_decoder_norm={cfg.fold_decoder_norm}. Random latents: "
+        f"strength 0 is the unsteered model. ReasonScore on {cfg.split} ({tokens} tokens"
+        f"{f' of run {Path(cfg.text_from).name}' if cfg.text_from else ''}), window {list(cfg.reason_window)}, fold_decoder_norm={cfg.fold_decoder_norm}. Random latents: "
         f"each within {cfg.density_factor:g}x the density of one top latent (seed {cfg.seed}). Mean over the "
         f"group's latents and the prompts ± the standard error over prompts.", "",
         table(summary, groups, density, strengths), "",

@@ -124,7 +124,7 @@ remove_namespaces() {  # every namespace, link and hosts file that make_namespac
 slurmd_pids() {  # the pids of the slurmd of node <node>
   local pid
   for pid in $(pgrep -x slurmd || true); do  # a node's own namespace, or none for this machine's
-    [[ $(ip netns identify "$pid" 2>/dev/null || true) == "${1#"$(hostname -s)"}" ]] && echo "$pid"
+    if [[ $(ip netns identify "$pid" 2>/dev/null || true) == "${1#"$(hostname -s)"}" ]]; then echo "$pid"; fi
   done
 }
 

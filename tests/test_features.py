@@ -3,6 +3,7 @@ a small random causal Llama, and the commands through Hydra on a MiniLM run, the
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 
@@ -252,3 +253,20 @@ def test_a_missing_cache_or_a_run_without_one_is_one_line(lm_run, tmp_path):
     run_cli("train.py", *QUICK, f"hydra.run.dir={tmp_path / 'mixture'}")
     result = run_cli("-m", "analysis.features", f"run={tmp_path / 'mixture'}", check=False)
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'mixture'} is not an LM run")
+
+
+def test_text_from_reads_another_runs_text_through_this_runs_sae(lm_run, tmp_path):
+    other = tmp_path / "other"
+    run_cli("train.py", *LM_RUN, "data.split_seed=1", "data.max_tokens={train:1000,val:300,test:300}",
+            "trainer.max_epochs=1", f"data.cache_dir={lm_run / 'cache'}", f"hydra.run.dir={other}")
+    own = run_cli("-m", "analysis.features", f"run={other}", "top=3", f"out={tmp_path / 'own'}").stdout
+    read = run_cli("-m", "analysis.features", f"run={lm_run / 'run'}", f"text_from={other}", "top=3",
+                   f"out={tmp_path / 'read'}").stdout
+    tokens = re.search(r"over (\d+) test tokens", own).group(1)
+    assert f"over {tokens} test tokens" in read and tokens != "630"  # the other run's test split, not its own
+    assert f"{tokens} test tokens of run other's text" in (tmp_path / "read" / "reason_score.md").read_text()
+
+    run_cli("train.py", *QUICK, f"hydra.run.dir={tmp_path / 'mixture'}")
+    result = run_cli("-m", "analysis.features", f"run={lm_run / 'run'}", f"text_from={tmp_path / 'mixture'}",
+                     check=False)
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: text_from={tmp_path / 'mixture'} reads [None")

@@ -18,8 +18,11 @@ def documented_overrides() -> list[str]:
     text, found = "\n".join(page.read_text() for page in pages), []
     blocks = [code for language, code in re.findall(r"```([a-z]*)\n(.*?)```", text, flags=re.S)
               if language != "python"]  # Python code is not overrides
-    for span in blocks + re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S)):
-        for token in span.split():
+    spans = blocks + re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+    for line in (line for span in spans for line in span.splitlines()):
+        if line.split()[:1] in (["scontrol"], ["sacct"], ["sbatch"]):  # SLURM's own key=value options
+            continue
+        for token in line.split():
             key, _, values = token.strip("[]").partition("=")
             if not values or not re.fullmatch(r"[+~]?[a-z_./0-9]+", key) or key in ANALYSIS_KEYS:
                 continue

@@ -87,6 +87,12 @@ def test_ddp_across_two_nodes_trains_as_one_process(tmp_path):
     assert steps[f"{job}.0"] == "es-node[1-2]"  # srun's one step: a task on each node
     run_cli("train.py", *COMMON, *DOUBLED_BATCH, f"hydra.run.dir={tmp_path / 'one'}")
     assert_same_training(tmp_path / "ddp" / "0", tmp_path / "one")
+    # and bit for bit as two ranks on one node: the reduction over the bridge is the same sums in the same order
+    run_cli("train.py", *COMMON, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *HALF_BATCH,
+            f"hydra.run.dir={tmp_path / 'one_node'}")
+    across, one_node = (torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+                        for run in (tmp_path / "ddp" / "0", tmp_path / "one_node"))
+    assert all(torch.equal(value, one_node[name]) for name, value in across.items())
     assert len(list((tmp_path / "ddp" / "0" / "wandb").glob("offline-run-*"))) == 1  # rank 0 alone logs
     assert (tmp_path / "ddp" / "0" / "train.log").read_text().count("run folder:") == 1  # and writes train.log
 
@@ -101,7 +107,7 @@ def test_a_job_on_a_lost_node_is_requeued_and_ends_as_if_unbroken(tmp_path):
     subprocess.run([*CLUSTER, "lose", node], check=True, capture_output=True)
     wait_until(lambda: read_metrics(run)["status"] != "running", process)
     interrupted = read_metrics(run)
-    assert interrupted["status"] == "interrupted" and f"node_fail on {node}; requeued" in interrupted["interrupted"]
+    assert interrupted["status"] == "interrupted" and f"ended NODE_FAIL on {node}; requeued" in interrupted["interrupted"]
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr[-2000:]
 

@@ -83,8 +83,8 @@ def watch(job_ids: list[str], run_dirs: list[Path], log, poll_s: float = 2.0) ->
                 restarts[job_id] = view.restarts
                 state, nodes = previous_run(job_id)
                 nodes = nodes or (last[job_id].nodes if job_id in last else "its node")
-                why = f"job {job_id} {state.lower() or 'stopped'} on {nodes}; requeued " \
-                      f"(restart {view.restarts}), it resumes from its last checkpoint"
+                why = f"job {job_id} ended {state or 'its run'} on {nodes}; requeued (restart {view.restarts}): " \
+                      f"it resumes from its last checkpoint"
                 log.warning(why)
                 if view.state != "RUNNING":  # once running again, the run writes its own status
                     mark_interrupted(run_dir, why)
