@@ -1,7 +1,9 @@
-"""Sweeps whose jobs fail: the others finish, and the sweep ends with one line per failed job."""
+"""Sweeps whose jobs fail: the others finish, and the sweep ends with one line per failed job; the SLURM
+launcher follows every task of an array."""
 import pytest
 
 from conftest import QUICK, read_metrics, run_cli
+from hydra_plugins.encoder_study_launchers.slurm_jobs import task_ids
 
 
 @pytest.mark.parametrize("launcher", ["sequential", "local"])
@@ -32,3 +34,8 @@ def test_a_slurm_request_that_cannot_match_the_trainer_fails_before_submitting(t
     assert result.stderr.strip().splitlines()[-1] == ("error: hydra.launcher.tasks_per_node=2 but trainer.devices=1: "
                                                       "Lightning under SLURM runs one task per device")
     assert not (tmp_path / ".submitit").exists()
+
+
+def test_the_tasks_of_an_array_that_scontrol_shows_together_are_each_watched():
+    assert task_ids("0-3,7") == ["0", "1", "2", "3", "7"] and task_ids("5") == ["5"]
+    assert task_ids("2-4%2") == ["2", "3", "4"]  # %2: at most two at once

@@ -107,7 +107,8 @@ def test_a_job_on_a_lost_node_is_requeued_and_ends_as_if_unbroken(tmp_path):
     subprocess.run([*CLUSTER, "lose", node], check=True, capture_output=True)
     wait_until(lambda: read_metrics(run)["status"] != "running", process)
     interrupted = read_metrics(run)
-    assert interrupted["status"] == "interrupted" and f"ended NODE_FAIL on {node}; requeued" in interrupted["interrupted"]
+    assert interrupted["status"] == "interrupted"
+    assert f"ended NODE_FAIL on {node}; requeued" in interrupted["interrupted"]
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr[-2000:]
 

@@ -34,6 +34,15 @@ def field_values(line: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S*)", line))
 
 
+def task_ids(spec: str) -> list[str]:
+    """An array's task ids as scontrol shows the tasks still pending together: ``0-3,7`` (``%2``: a throttle)."""
+    ids = []
+    for part in filter(None, spec.split("%")[0].split(",")):
+        first, _, last = part.partition("-")
+        ids += [str(task) for task in range(int(first), int(last or first) + 1)]
+    return ids
+
+
 def scontrol_views(job_ids: list[str]) -> dict[str, JobView]:
     """The jobs slurmctld still knows (it forgets an ended job after MinJobAge, 300 s by default), by
     submitit's id: ``<array>_<task>`` for an array's task, ``<job>`` otherwise."""
@@ -42,10 +51,12 @@ def scontrol_views(job_ids: list[str]) -> dict[str, JobView]:
         shown = subprocess.run(["scontrol", "show", "job", "-o", base], capture_output=True, text=True)
         for line in shown.stdout.splitlines():
             fields = field_values(line)
-            task = fields.get("ArrayTaskId", "")
-            job_id = f"{fields.get('ArrayJobId')}_{task}" if task.isdigit() else fields.get("JobId", "")
-            views[job_id] = JobView(fields.get("JobState", "UNKNOWN"), int(fields.get("Restarts", 0)),
-                                    "" if fields.get("NodeList") == "(null)" else fields.get("NodeList", ""))
+            view = JobView(fields.get("JobState", "UNKNOWN"), int(fields.get("Restarts", 0)),
+                           "" if fields.get("NodeList") == "(null)" else fields.get("NodeList", ""))
+            if "ArrayTaskId" in fields:
+                views |= {f"{fields['ArrayJobId']}_{task}": view for task in task_ids(fields["ArrayTaskId"])}
+            else:
+                views[fields.get("JobId", "")] = view
     return views
 
 
