@@ -228,7 +228,8 @@ def measure(cfg: DictConfig) -> Path:
         "# Steering with ReasonScore latents against density-matched random latents", "",
         f"{title}. Each latent's {kind} added at every position, c = strength x its largest {cfg.split} activation; "
         f"strength 0 is the unsteered model. ReasonScore on {cfg.split} ({tokens} tokens"
-        f"{f' of run {Path(cfg.text_from).name}' if cfg.text_from else ''}), window {list(cfg.reason_window)}, fold_decoder_norm={cfg.fold_decoder_norm}. Random latents: "
+        f"{f' of run {Path(cfg.text_from).name}' if cfg.text_from else ''}), window {list(cfg.reason_window)}, "
+        f"fold_decoder_norm={cfg.fold_decoder_norm}. Random latents: "
         f"each within {cfg.density_factor:g}x the density of one top latent (seed {cfg.seed}). Mean over the "
         f"group's latents and the prompts ± the standard error over prompts.", "",
         table(summary, groups, density, strengths), "",
