@@ -10,12 +10,7 @@ import torch
 
 from runtime.errors import first_line
 from runtime.run_folder import LIVE, this_process
-from runtime.files import write_whole
-
-
-def write_json(path: Path, payload: dict) -> None:
-    """Atomic write: a reader never sees half a file, even if the process is killed mid-write."""
-    write_whole(path, json.dumps(payload, indent=2, sort_keys=True))
+from runtime.files import write_json, write_whole
 
 
 def epochs_trained(trainer) -> int:

@@ -1,6 +1,7 @@
 """Files that appear whole or not at all: each is written under a fixed temporary name beside it
 (``.<name>.partial``) and renamed over it, which is atomic within a folder. A kill mid-write leaves the old
 file (or none) and a ``.partial`` that the next write of the same file replaces."""
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,3 +28,8 @@ def written_whole(path: Path):
 def write_whole(path: Path, data: str | bytes) -> None:
     with written_whole(path) as partial:
         partial.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """A JSON file written whole (metrics.json): a reader never sees half of it, even if the writer is killed."""
+    write_whole(path, json.dumps(payload, indent=2, sort_keys=True))

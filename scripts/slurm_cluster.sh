@@ -77,7 +77,8 @@ start_database() {
 
 namespaced_names() { local i; for ((i = 1; i <= $1; i++)); do echo "es-node$i"; done; }
 node_addr() { echo "$SUBNET.1${1#es-node}"; }  # es-node2 -> 10.77.0.12
-configured_nodes() { [[ -f $CONF/slurm.conf ]] && sed -n 's/^NodeName=\([^ ]*\).*/\1/p' "$CONF/slurm.conf"; }
+node_names() { sed -n 's/^NodeName=\([^ ]*\).*/\1/p' "$@"; }  # of slurm.conf's node lines (a file, or stdin)
+configured_nodes() { [[ -f $CONF/slurm.conf ]] && node_names "$CONF/slurm.conf"; }
 
 node_lines() {  # slurm.conf's node lines for a cluster of <nodes>
   local hardware node
@@ -233,7 +234,7 @@ up() {
         "one node, not $nodes"
     nodes=1
   fi
-  if [[ $(configured_nodes || true) != "$(node_lines "$nodes" | sed 's/^NodeName=\([^ ]*\).*/\1/')" ]]; then
+  if [[ $(configured_nodes || true) != "$(node_lines "$nodes" | node_names)" ]]; then
     stop_slurmds  # another shape than the running one: the controller reads the new nodes when it starts
     stop slurmctld
     ((nodes > 1)) || remove_namespaces

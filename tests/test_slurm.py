@@ -36,6 +36,18 @@ def test_the_ablation_runs_as_a_slurm_job_array(tmp_path):
     assert final_states(array.pop()) == ["COMPLETED"] * 4
 
 
+def launch(sweep, *overrides) -> subprocess.Popen:
+    """A sweep through the SLURM launcher, in the background (the launcher waits for its jobs)."""
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
+    return subprocess.Popen([sys.executable, "train.py", *LAUNCH, *overrides, f"hydra.sweep.dir={sweep}"], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def submitted_job(sweep) -> str:
+    """The id of a sweep's job (of its first task, for an array), from submitit's folder."""
+    return next(path.name for path in (sweep / ".submitit").glob("[0-9]*"))
+
+
 def final_states(job, timeout_s=60):
     """sacct's states once every task has ended: submitit collects a task's result as soon as the task writes it,
     a moment before SLURM records the task's end."""
@@ -83,12 +95,10 @@ def test_more_than_the_cluster_has_fails_in_one_line_before_submitting(tmp_path,
 def test_a_job_requeued_mid_training_resumes_and_ends_as_if_unbroken(tmp_path, interrupt):
     run_cli("train.py", *LONG, f"hydra.run.dir={tmp_path / 'unbroken'}")
     sweep = tmp_path / "sweep"
-    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
-    process = subprocess.Popen([sys.executable, "train.py", *LAUNCH, *LONG, f"hydra.sweep.dir={sweep}"], cwd=ROOT,
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = launch(sweep, *LONG)
     while not (sweep / "0" / "checkpoints" / "last.ckpt").exists() and process.poll() is None:
         time.sleep(0.005)
-    job = next(path.name for path in (sweep / ".submitit").glob("[0-9]*"))  # one job: no array
+    job = submitted_job(sweep)
     subprocess.run([*interrupt, job], check=True)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr[-2000:]

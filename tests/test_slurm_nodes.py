@@ -3,7 +3,6 @@ a sweep spread over both, DDP across both, and a node lost mid-run, whose job is
 last.ckpt on a live node and ends as if unbroken."""
 import os
 import subprocess
-import sys
 import time
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 
 from conftest import QUICK, ROOT, measured, read_metrics, run_cli
 from test_ddp import COMMON, DOUBLED_BATCH, HALF_BATCH, assert_same_training
-from test_slurm import LAUNCH, LONG, final_states
+from test_slurm import LAUNCH, LONG, final_states, launch, submitted_job
 
 CLUSTER = ["bash", str(ROOT / "scripts" / "slurm_cluster.sh")]
 DDP_ACROSS_NODES = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=2"]
@@ -47,14 +46,11 @@ def sacct(job: str, fields: str) -> list[list[str]]:
     return [line.split("|") for line in shown.stdout.splitlines()]
 
 
-def submitted_job(sweep) -> str:
-    return next(path.name for path in (sweep / ".submitit").glob("[0-9]*"))
-
-
-def launch(sweep, *overrides) -> subprocess.Popen:
-    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
-    return subprocess.Popen([sys.executable, "train.py", *LAUNCH, *overrides, f"hydra.sweep.dir={sweep}"], cwd=ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def lose_the_node_of(job: str) -> str:
+    """The node the job runs on dies (scripts/slurm_cluster.sh lose); its name."""
+    node = subprocess.run(["squeue", "-h", "-j", job, "-o", "%N"], capture_output=True, text=True).stdout.strip()
+    subprocess.run([*CLUSTER, "lose", node], check=True, capture_output=True)
+    return node
 
 
 def wait_until(condition, process, timeout_s=240):
@@ -103,8 +99,7 @@ def test_a_job_on_a_lost_node_is_requeued_and_ends_as_if_unbroken(tmp_path):
     process = launch(sweep, *LONG)
     wait_until(lambda: training_with_a_checkpoint(run), process)
     job = submitted_job(sweep)
-    node = subprocess.run(["squeue", "-h", "-j", job, "-o", "%N"], capture_output=True, text=True).stdout.strip()
-    subprocess.run([*CLUSTER, "lose", node], check=True, capture_output=True)
+    node = lose_the_node_of(job)
     wait_until(lambda: read_metrics(run)["status"] != "running", process)
     interrupted = read_metrics(run)
     assert interrupted["status"] == "interrupted"
@@ -145,8 +140,7 @@ def test_a_job_that_cannot_be_requeued_fails_in_one_line_naming_its_node(tmp_pat
     process = launch(sweep, *LONG, "hydra.launcher.additional_parameters.requeue=false")
     wait_until(lambda: training_with_a_checkpoint(run), process)
     job = submitted_job(sweep)
-    node = subprocess.run(["squeue", "-h", "-j", job, "-o", "%N"], capture_output=True, text=True).stdout.strip()
-    subprocess.run([*CLUSTER, "lose", node], check=True, capture_output=True)
+    node = lose_the_node_of(job)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode != 0
     line = (f"failed: {run}: job {job} lost its node {node} (NODE_FAIL) and was not requeued: submit it with "

@@ -4,14 +4,13 @@ again, long enough for submitit to take the job for ended and lost.
 
 A job requeued after it lost its node (or was preempted, or requeued by hand) comes back with its Restarts
 count one higher; until its next start its run folder says ``interrupted`` and why."""
-import json
 import re
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.files import write_whole
+from runtime.files import write_json
 from runtime.run_folder import LIVE, read_metrics
 
 # a job in these states has not ended for good (it may still be requeued, or is waiting to start again)
@@ -60,12 +59,17 @@ def scontrol_views(job_ids: list[str]) -> dict[str, JobView]:
     return views
 
 
-def previous_run(job_id: str) -> tuple[str, str]:
-    """How the job's latest run that ended did (its state, its nodes), from sacct's records of each run."""
+def sacct_runs(job_id: str) -> list[tuple[str, str]]:
+    """(state, nodes) of each run of the job that sacct has recorded, oldest first."""
     shown = subprocess.run(["sacct", "-n", "-X", "-P", "--duplicates", "-o", "State,NodeList", "-j", job_id],
                            capture_output=True, text=True).stdout.splitlines()
-    ended = [line.split("|") for line in shown if line.strip() and line.split("|")[0] not in UNFINISHED]
-    return (ended[-1][0], ended[-1][1]) if ended else ("", "")
+    return [tuple(line.split("|", 1)) for line in shown if "|" in line]
+
+
+def previous_run(job_id: str) -> tuple[str, str]:
+    """How the job's latest run that ended did (its state, its nodes)."""
+    ended = [run for run in sacct_runs(job_id) if run[0] not in UNFINISHED]
+    return ended[-1] if ended else ("", "")
 
 
 def mark_interrupted(run_dir: Path, why: str) -> None:
@@ -75,8 +79,7 @@ def mark_interrupted(run_dir: Path, why: str) -> None:
     if metrics.get("status") not in LIVE:
         return  # it wrote its own status (SIGTERM: interrupted), or never started
     metrics.pop("process", None)
-    write_whole(run_dir / "metrics.json", json.dumps({**metrics, "status": "interrupted", "interrupted": why},
-                                                     indent=2, sort_keys=True))
+    write_json(run_dir / "metrics.json", {**metrics, "status": "interrupted", "interrupted": why})
 
 
 def watch(job_ids: list[str], run_dirs: list[Path], log, poll_s: float = 2.0) -> dict[str, JobView]:
@@ -108,10 +111,8 @@ def watch(job_ids: list[str], run_dirs: list[Path], log, poll_s: float = 2.0) ->
 def lost_line(job_id: str, view: JobView | None) -> str | None:
     """One line for a job that lost its node and was not requeued; None for any other end."""
     state, nodes = (view.state, view.nodes) if view else ("", "")
-    if state != "NODE_FAIL":
-        records = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State,NodeList", "-j", job_id],
-                                 capture_output=True, text=True).stdout.splitlines()
-        state, _, nodes = (records[-1] if records else "").partition("|")
+    if state != "NODE_FAIL":  # slurmctld has forgotten the job: sacct's record of its last run
+        state, nodes = (sacct_runs(job_id) or [("", "")])[-1]
     if state != "NODE_FAIL":
         return None
     return (f"job {job_id} lost its node {nodes} (NODE_FAIL) and was not requeued: submit it with "
