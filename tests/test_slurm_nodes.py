@@ -100,7 +100,8 @@ def test_a_job_on_a_lost_node_is_requeued_and_ends_as_if_unbroken(tmp_path):
     wait_until(lambda: training_with_a_checkpoint(run), process)
     job = submitted_job(sweep)
     node = lose_the_node_of(job)
-    wait_until(lambda: read_metrics(run)["status"] != "running", process)
+    told = lambda: read_metrics(run).get("interrupted", "")  # what slurmctld showed, then how sacct saw it end
+    wait_until(lambda: read_metrics(run)["status"] != "running" and "ended its run" not in told(), process)
     interrupted = read_metrics(run)
     assert interrupted["status"] == "interrupted"
     assert f"ended NODE_FAIL on {node}; requeued" in interrupted["interrupted"]

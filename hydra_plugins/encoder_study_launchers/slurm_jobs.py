@@ -3,7 +3,7 @@ submitit polls, lags behind it and shows a requeued job's NODE_FAIL for a moment
 again, long enough for submitit to take the job for ended and lost.
 
 A job requeued after it lost its node (or was preempted, or requeued by hand) comes back with its Restarts
-count one higher; until its next start its run folder says ``interrupted`` and why."""
+count one higher; until its next start its run folder says ``interrupted`` and why, in sacct's words."""
 import re
 import subprocess
 import time
@@ -66,27 +66,39 @@ def sacct_runs(job_id: str) -> list[tuple[str, str]]:
     return [tuple(line.split("|", 1)) for line in shown if "|" in line]
 
 
-def previous_run(job_id: str) -> tuple[str, str]:
-    """How the job's latest run that ended did (its state, its nodes)."""
-    ended = [run for run in sacct_runs(job_id) if run[0] not in UNFINISHED]
-    return ended[-1] if ended else ("", "")
+def ended_run(job_id: str, restart: int) -> tuple[str, str] | None:
+    """How the run that restart ``restart`` of the job followed ended (its state, its nodes); None until
+    slurmdbd has recorded that end, which can take some seconds after slurmctld requeued the job."""
+    runs = sacct_runs(job_id)
+    if len(runs) < restart or runs[restart - 1][0] in ("PENDING", "RUNNING"):
+        return None
+    return runs[restart - 1]
 
 
-def mark_interrupted(run_dir: Path, why: str) -> None:
+def mark_interrupted(run_dir: Path, why: str, replacing: str | None = None) -> None:
     """A run whose process died without a word (its node lost) says so in its metrics.json, which still names
-    that process as live, until its next start writes the file again."""
+    that process as live, until its next start writes the file again. ``replacing``: a line written before,
+    which ``why`` says better."""
     metrics = read_metrics(run_dir)
-    if metrics.get("status") not in LIVE:
+    if metrics.get("status") not in LIVE and (replacing is None or metrics.get("interrupted") != replacing):
         return  # it wrote its own status (SIGTERM: interrupted), or never started
     metrics.pop("process", None)
     write_json(run_dir / "metrics.json", {**metrics, "status": "interrupted", "interrupted": why})
 
 
-def watch(job_ids: list[str], run_dirs: list[Path], log, poll_s: float = 2.0) -> dict[str, JobView]:
+def requeue_line(job_id: str, restart: int, state: str, nodes: str) -> str:
+    return f"job {job_id} ended {state or 'its run'} on {nodes}; requeued (restart {restart}): it resumes from " \
+           f"its last checkpoint"
+
+
+def watch(job_ids: list[str], run_dirs: list[Path], log, poll_s: float = 2.0,
+          sacct_lag_s: float = 30.0) -> dict[str, JobView]:
     """Wait until slurmctld says every job has ended for good or forgets it; on each requeue, mark the job's
-    run folder interrupted. Returns the last view of each job it saw."""
+    run folder interrupted, in sacct's words once it has recorded how the run ended (within sacct_lag_s).
+    Returns the last view of each job it saw."""
     last: dict[str, JobView] = {}
     restarts = dict.fromkeys(job_ids, 0)
+    unexplained: dict[str, tuple[float, str]] = {}  # requeued, until sacct says how its run ended
     while True:
         views = scontrol_views(job_ids)
         for job_id, run_dir in zip(job_ids, run_dirs):
@@ -95,13 +107,19 @@ def watch(job_ids: list[str], run_dirs: list[Path], log, poll_s: float = 2.0) ->
                 continue
             if view.restarts > restarts[job_id]:
                 restarts[job_id] = view.restarts
-                state, nodes = previous_run(job_id)
-                nodes = nodes or (last[job_id].nodes if job_id in last else "its node")
-                why = f"job {job_id} ended {state or 'its run'} on {nodes}; requeued (restart {view.restarts}): " \
-                      f"it resumes from its last checkpoint"
-                log.warning(why)
+                guess = requeue_line(job_id, view.restarts, "", last[job_id].nodes if job_id in last else "its node")
+                unexplained[job_id] = (time.monotonic(), guess)
                 if view.state != "RUNNING":  # once running again, the run writes its own status
-                    mark_interrupted(run_dir, why)
+                    mark_interrupted(run_dir, guess)
+            if job_id in unexplained:
+                seen_at, guess = unexplained[job_id]
+                run = ended_run(job_id, view.restarts)
+                if run or time.monotonic() - seen_at > sacct_lag_s:
+                    del unexplained[job_id]
+                    why = requeue_line(job_id, view.restarts, *run) if run else guess
+                    log.warning(why)
+                    if view.state != "RUNNING":
+                        mark_interrupted(run_dir, why, replacing=guess)
             last[job_id] = view
         if all(job_id not in views or views[job_id].ended for job_id in job_ids):
             return last
