@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import QUICK, ROOT, measured, read_metrics, run_cli
+from hydra_plugins.encoder_study_launchers.slurm_jobs import sacct_runs
 from test_ddp import COMMON, DOUBLED_BATCH, HALF_BATCH, assert_same_training
 from test_slurm import LAUNCH, LONG, final_states, launch, submitted_job
 
@@ -108,9 +109,8 @@ def test_a_job_on_a_lost_node_is_requeued_and_ends_as_if_unbroken(tmp_path):
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr[-2000:]
 
-    runs = subprocess.run(["sacct", "-n", "-X", "-P", "--duplicates", "-o", "State,NodeList", "-j", job],
-                          capture_output=True, text=True).stdout.splitlines()  # one line per run of the job
-    assert runs[0] == f"NODE_FAIL|{node}" and runs[-1].startswith("COMPLETED|") and node not in runs[-1]
+    runs = sacct_runs(job)  # (state, nodes) of each run of the job
+    assert runs[0] == ("NODE_FAIL", node) and runs[-1][0] == "COMPLETED" and node not in runs[-1][1]
     assert f"resuming from {run / 'checkpoints' / 'last.ckpt'}" in (run / "train.log").read_text()
     assert measured(run) == measured(tmp_path / "unbroken")
     expected = torch.load(tmp_path / "unbroken" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]

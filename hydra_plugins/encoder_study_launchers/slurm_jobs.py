@@ -97,7 +97,6 @@ def watch(job_ids: list[str], run_dirs: list[Path], log, poll_s: float = 2.0,
     run folder interrupted, in sacct's words once it has recorded how the run ended (within sacct_lag_s).
     Returns the last view of each job it saw."""
     last: dict[str, JobView] = {}
-    restarts = dict.fromkeys(job_ids, 0)
     unexplained: dict[str, tuple[float, str]] = {}  # requeued, until sacct says how its run ended
     while True:
         views = scontrol_views(job_ids)
@@ -105,9 +104,9 @@ def watch(job_ids: list[str], run_dirs: list[Path], log, poll_s: float = 2.0,
             view = views.get(job_id)
             if view is None:
                 continue
-            if view.restarts > restarts[job_id]:
-                restarts[job_id] = view.restarts
-                guess = requeue_line(job_id, view.restarts, "", last[job_id].nodes if job_id in last else "its node")
+            seen = last.get(job_id)
+            if view.restarts > (seen.restarts if seen else 0):
+                guess = requeue_line(job_id, view.restarts, "", seen.nodes if seen else "its node")
                 unexplained[job_id] = (time.monotonic(), guess)
                 if view.state != "RUNNING":  # once running again, the run writes its own status
                     mark_interrupted(run_dir, guess)
